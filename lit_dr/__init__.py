@@ -1,0 +1,8 @@
+"""lit_dr: dense retriever training with PyTorch Lightning."""
+
+from lit_dr.data import RetrievalDataModule
+from lit_dr.encoder import Encoder
+from lit_dr.modules import BiEncoderModule, BM25Negatives, SamToNe
+
+__all__ = ["BiEncoderModule", "BM25Negatives", "Encoder", "RetrievalDataModule", "SamToNe"]
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from lit_dr.cli import main
+
+main()

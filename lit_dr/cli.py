@@ -1,0 +1,72 @@
+"""`lit-dr fit|validate|test|predict --config configs/<objective>.yaml`: a LightningCLI."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from lit_dr.data.datamodule import RetrievalDataModule
+from lit_dr.modules.base import BiEncoderModule
+from lit_dr.run_dir import run_directory
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Writes the fully resolved config into the run's own directory and gives it to every logger (W&B shows it)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        directory = run_directory(trainer)
+        directory.mkdir(parents=True, exist_ok=True)
+        text = self.parser.dump(self.config, skip_none=False)
+        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
+            f.write(text)
+        os.replace(f.name, directory / self.config_filename)
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": self.config.as_dict()})
+
+
+def default_logger() -> dict:
+    """W&B, offline unless an API key is configured, so a run never waits on the network."""
+    online = bool(os.environ.get("WANDB_API_KEY")) or os.environ.get("WANDB_MODE") == "online"
+    return {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "init_args": {"project": "lit-dr", "save_dir": "runs", "offline": not online},
+    }
+
+
+class LitDrCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # The data module tokenizes with the model's own tokenizer.
+        parser.link_arguments("model.encoder.tokenizer_path", "data.tokenizer", apply_on="instantiate")
+
+    def after_fit(self) -> None:
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+        if self.trainer.is_global_zero and metrics:
+            print("\nDev metrics after fit (" + f"step {self.trainer.global_step}):")
+            for k, v in sorted(metrics.items()):
+                print(f"  {k:<16} {v:.4f}")
+            ckpt = self.trainer.checkpoint_callback
+            if ckpt is not None and ckpt.best_model_path:
+                print(f"  best checkpoint  {ckpt.best_model_path} ({ckpt.monitor} = {float(ckpt.best_model_score):.4f})")
+
+
+def main(args: list[str] | None = None) -> LitDrCLI:
+    return LitDrCLI(
+        BiEncoderModule,
+        RetrievalDataModule,
+        subclass_mode_model=True,
+        save_config_callback=SaveRunConfig,
+        trainer_defaults={"logger": default_logger(), "num_sanity_val_steps": 0},
+        args=args,
+        auto_configure_optimizers=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Batches are dataclasses with named fields; Lightning moves them to the device through `to`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from torch import Tensor
+
+
+@dataclass
+class _Movable:
+    def to(self, device) -> _Movable:
+        return type(self)(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass
+class TokenBatch(_Movable):
+    input_ids: Tensor  # (N, L) int64, padded to the longest row of this batch
+    attention_mask: Tensor  # (N, L) int64
+
+
+@dataclass
+class TrainBatch(_Movable):
+    """B queries, each with G documents: its positive first, then its hard negatives."""
+
+    queries: TokenBatch  # (B, Lq)
+    docs: TokenBatch  # (B * G, Ld); row i * G is query i's positive
+    query_rows: Tensor  # (B,) row of each query in the query store
+    doc_rows: Tensor  # (B * G,) corpus row of each document
+    judged_relevant: Tensor  # (B, B * G) bool: doc j is judged relevant to query i (in-batch false negatives)
+
+    @property
+    def group_size(self) -> int:
+        return self.docs.input_ids.shape[0] // self.queries.input_ids.shape[0]
+
+
+@dataclass
+class EncodeBatch(_Movable):
+    """Texts to embed: queries or documents, with their store rows to put the embeddings back in place."""
+
+    tokens: TokenBatch
+    rows: Tensor  # (N,)

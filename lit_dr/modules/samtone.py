@@ -1,0 +1,32 @@
+"""SamToNe: InfoNCE whose denominator also holds the batch's other queries (same-tower negatives)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from lit_dr.data.batches import TrainBatch
+from lit_dr.losses import same_tower_info_nce
+from lit_dr.modules.base import BiEncoderModule
+
+
+class SamToNe(BiEncoderModule):
+    """Moiseev et al., Findings of ACL 2023. Same data as `BM25Negatives`; hard negatives join the cross-tower sum.
+
+    Args:
+        temperature: tau; the paper uses cosine similarity, so pair this with `Encoder(normalize=True)`.
+        symmetric: also the document -> query direction with the other documents as same-tower negatives.
+        exclude_judged_relevant: drop in-batch documents judged relevant to a query from its softmax.
+        **kwargs: the towers, optimizer and evaluation options of `BiEncoderModule`.
+    """
+
+    def __init__(
+        self, temperature: float = 0.05, symmetric: bool = False, exclude_judged_relevant: bool = False, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        self.temperature = temperature
+        self.symmetric = symmetric
+        self.exclude_judged_relevant = exclude_judged_relevant
+
+    def compute_loss(self, q: Tensor, d: Tensor, batch: TrainBatch) -> Tensor:
+        exclude = batch.judged_relevant if self.exclude_judged_relevant else None
+        return same_tower_info_nce(q, d, batch.group_size, self.temperature, exclude, self.symmetric)
