@@ -43,7 +43,7 @@ def default_logger() -> dict:
 class LitDrCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The data module tokenizes with the model's own tokenizer.
-        parser.link_arguments("model.encoder.tokenizer_path", "data.tokenizer", apply_on="instantiate")
+        parser.link_arguments("model.init_args.encoder.init_args.model_name_or_path", "data.tokenizer")
 
     def after_fit(self) -> None:
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
@@ -52,7 +52,7 @@ class LitDrCLI(LightningCLI):
             for k, v in sorted(metrics.items()):
                 print(f"  {k:<16} {v:.4f}")
             ckpt = self.trainer.checkpoint_callback
-            if ckpt is not None and ckpt.best_model_path:
+            if ckpt is not None and ckpt.best_model_path and ckpt.best_model_score is not None:
                 print(f"  best checkpoint  {ckpt.best_model_path} ({ckpt.monitor} = {float(ckpt.best_model_score):.4f})")
 
 

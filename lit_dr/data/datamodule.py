@@ -108,6 +108,8 @@ class RetrievalDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # Under the CLI, hparams come from the config, where a value linked from the model is absent.
+        self.hparams["tokenizer"] = tokenizer
         self.epoch = 0
         self.negatives = NegativesTable({})
         self._files: DatasetFiles | None = None
@@ -233,7 +235,7 @@ class RetrievalDataModule(L.LightningDataModule):
                                 show_progress=self.hparams.show_progress)
         relevant = [set(self.relevance[q]) for q in train]
         mined = hard_negatives_from_ranking(ranked, relevant, depth)
-        return NegativesTable({int(q): m for q, m in zip(train, mined)}, source=f"bm25@{depth}")
+        return NegativesTable({int(q): m for q, m in zip(train, mined, strict=True)}, source=f"bm25@{depth}")
 
     # -- state the callbacks and modules use --------------------------------------------------------
     def set_negatives(self, table: NegativesTable) -> None:

@@ -15,6 +15,7 @@ from torch import Tensor
 from lit_dr.data.batches import EncodeBatch, TokenBatch, TrainBatch
 from lit_dr.encoder import Encoder
 from lit_dr.encoding import encode_store_sharded
+from lit_dr.run_dir import run_directory
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class BiEncoderModule(L.LightningModule):
         index_factory: FAISS factory string for evaluation ("Flat" is exact search).
         faiss_gpu: build the evaluation index on the GPU (needs a GPU build of faiss).
         eval_depth: documents retrieved per query (the run file holds this many).
-        run_dir: where TREC run files go; default `<log dir>/runs`.
+        run_dir: where TREC run files go; default `runs/` in the run's directory (beside its checkpoints).
         init_checkpoint: a Lightning checkpoint whose towers' weights initialise this module (warm start).
     """
 
@@ -188,7 +189,7 @@ class BiEncoderModule(L.LightningModule):
         index = build_index(docs.numpy(), self.hparams.index_factory, use_gpu=self.hparams.faiss_gpu)
         scores, ranked = search(index, queries.numpy(), k=min(self.hparams.eval_depth, len(dm.corpus)))
         if self.global_rank == 0:
-            run_dir = Path(self.hparams.run_dir or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "runs")
+            run_dir = Path(self.hparams.run_dir or run_directory(self.trainer) / "runs")
             path = run_dir / f"{split}-step{self.global_step:07d}.trec"
             write_trec_run(path, [str(dm.queries.ids[q]) for q in query_rows], dm.corpus.ids, scores, ranked)
             log.info("wrote run file %s", path)

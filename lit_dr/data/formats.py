@@ -1,0 +1,333 @@
+"""Readers for the on-disk formats of BEIR and MS MARCO, dataset layout detection and dataset download.
+
+Every reader streams its file line by line and reports bad input as a `DataFormatError` naming the file,
+the 1-based line and the field, so a broken line in a corpus of millions can be found and fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+_BEIR_QRELS_HEADER = ["query-id", "corpus-id", "score"]
+# A dataset *name* (as opposed to a path) is safe to join under a root and to put into a URL.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class DataFormatError(ValueError):
+    """Bad input: the message names the file, the line (1-based) and the field."""
+
+    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str) -> None:
+        self.path, self.line, self.field, self.problem = path, line, field, problem
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        what = f"field {field!r}: {problem}" if field is not None else problem
+        super().__init__(f"{where}: {what}")
+
+    def __reduce__(self):
+        # The default pickling calls cls(*self.args) with the one formatted message; DataLoader workers
+        # pickle exceptions to send them to the main process.
+        return type(self), (self.path, self.line, self.field, self.problem)
+
+
+@dataclass(frozen=True)
+class TextRecord:
+    id: str
+    text: str
+    line: int  # 1-based line number in its file, for error messages downstream
+
+
+def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its line ending) for each non-blank line, streamed.
+
+    Decodes each line separately so that invalid UTF-8 is reported on its own line (a text-mode file
+    decodes in chunks and cannot say which line failed). Only "\\n" ends a line: MS MARCO texts contain
+    stray "\\r" characters that universal-newline mode would split on.
+    """
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                problem = f"not valid UTF-8 ({e.reason} at byte {e.start})"
+                raise DataFormatError(path, number, None, problem) from e
+            line = line.rstrip("\n").rstrip("\r")
+            if line.strip():
+                yield number, line
+
+
+def _join(title: str, text: str) -> str:
+    # As BEIR/sentence-transformers do: "title text", and just the text when there is no title.
+    return f"{title} {text}".strip()
+
+
+def _iter_beir(path: str | Path) -> Iterator[TextRecord]:
+    for number, line in _lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(path, number, None, f"invalid JSON ({e.msg} at column {e.colno})") from e
+        if not isinstance(obj, dict):
+            raise DataFormatError(path, number, None, f"expected a JSON object, got {type(obj).__name__}")
+        if "_id" not in obj:
+            raise DataFormatError(path, number, "_id", "missing")
+        raw_id = obj["_id"]
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+            problem = f"expected a string or integer, got {type(raw_id).__name__}"
+            raise DataFormatError(path, number, "_id", problem)
+        doc_id = str(raw_id).strip()
+        if not doc_id:
+            raise DataFormatError(path, number, "_id", "empty")
+        if "text" not in obj:
+            raise DataFormatError(path, number, "text", "missing")
+        title = obj.get("title", "")
+        for field, value in (("text", obj["text"]), ("title", title)):
+            if not isinstance(value, str):
+                raise DataFormatError(path, number, field, f"expected a string, got {type(value).__name__}")
+        yield TextRecord(doc_id, _join(title, obj["text"]), number)
+
+
+def _iter_tsv(path: str | Path) -> Iterator[TextRecord]:
+    for number, line in _lines(path):
+        cols = line.split("\t")
+        if len(cols) not in (2, 3):
+            problem = f"expected 'id<TAB>text' or 'id<TAB>title<TAB>text', got {len(cols)} columns"
+            raise DataFormatError(path, number, "columns", problem)
+        doc_id = cols[0].strip()
+        if not doc_id:
+            raise DataFormatError(path, number, "id", "empty")
+        title, text = (cols[1], cols[2]) if len(cols) == 3 else ("", cols[1])
+        yield TextRecord(doc_id, _join(title, text), number)
+
+
+def iter_texts(path: str | Path) -> Iterator[TextRecord]:
+    """Stream (id, text) records of a corpus or queries file: BEIR `.jsonl` or MS MARCO `.tsv`.
+
+    A title is prepended to the text with a space. Blank lines are skipped; an empty text is yielded
+    (the caller decides whether to warn).
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".jsonl":
+        return _iter_beir(path)
+    if suffix == ".tsv":
+        return _iter_tsv(path)
+    problem = f"unknown text format {suffix!r}: expected .jsonl (BEIR) or .tsv (MS MARCO)"
+    raise DataFormatError(path, None, None, problem)
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """qid -> {docid -> grade} from a BEIR qrels TSV (with its header) or a TREC qrels file (no header).
+
+    BEIR: "query-id<TAB>corpus-id<TAB>score". TREC: "qid iter docid rel", split on any whitespace.
+    Grades are kept as given, zero and negative ones included.
+    """
+    qrels: dict[str, dict[str, int]] = {}
+    first_seen: dict[tuple[str, str], int] = {}
+    beir: bool | None = None  # decided on the first non-blank line
+    for number, line in _lines(path):
+        if beir is None:
+            beir = [c.strip().lower() for c in line.split("\t")] == _BEIR_QRELS_HEADER
+            if beir:
+                continue
+        if beir:
+            cols, fields = line.split("\t"), ("query-id", "corpus-id", "score")
+            expected = "3 tab-separated columns 'query-id corpus-id score' (BEIR)"
+        else:
+            cols, fields = line.split(), ("qid", "docid", "rel")
+            expected = ("4 columns 'qid iter docid rel' (TREC), or a BEIR file starting with the header "
+                        "'query-id<TAB>corpus-id<TAB>score'")
+        if len(cols) != (3 if beir else 4):
+            raise DataFormatError(path, number, "columns", f"expected {expected}, got {len(cols)} columns")
+        qid, docid, score = (c.strip() for c in (cols if beir else (cols[0], cols[2], cols[3])))
+        for field, value in zip(fields[:2], (qid, docid), strict=True):
+            if not value:
+                raise DataFormatError(path, number, field, "empty")
+        try:
+            grade = int(score)
+        except ValueError:
+            problem = f"expected an integer grade, got {score!r}"
+            raise DataFormatError(path, number, fields[2], problem) from None
+        docs = qrels.setdefault(qid, {})
+        if docid in docs and docs[docid] != grade:
+            problem = (f"query {qid!r} document {docid!r} has grade {grade} here "
+                       f"but {docs[docid]} on line {first_seen[qid, docid]}")
+            raise DataFormatError(path, number, fields[2], problem)
+        first_seen.setdefault((qid, docid), number)
+        docs[docid] = grade
+    return qrels
+
+
+def read_negatives(path: str | Path) -> dict[str, list[str]]:
+    """qid -> given negative docids from lines "qid<TAB>docid,docid,..." (order kept, repeats dropped)."""
+    negatives: dict[str, list[str]] = {}
+    line_of: dict[str, int] = {}
+    for number, line in _lines(path):
+        cols = line.split("\t")
+        if len(cols) != 2:
+            problem = f"expected 'qid<TAB>docid,docid,...', got {len(cols)} columns"
+            raise DataFormatError(path, number, "columns", problem)
+        qid, listed = cols[0].strip(), cols[1].strip()
+        if not qid:
+            raise DataFormatError(path, number, "qid", "empty")
+        if qid in line_of:
+            raise DataFormatError(path, number, "qid", f"query {qid!r} already listed on line {line_of[qid]}")
+        docids = [d.strip() for d in listed.split(",")] if listed else []
+        if not all(docids):
+            raise DataFormatError(path, number, "docids", "empty document id in the list")
+        line_of[qid] = number
+        negatives[qid] = list(dict.fromkeys(docids))  # dict keeps first-seen order
+    return negatives
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    root: Path
+    format: Literal["beir", "msmarco"]
+    corpus: Path
+    queries: tuple[Path, ...]  # BEIR: (queries.jsonl,); MS MARCO: every queries.*.tsv, sorted
+    qrels: dict[str, Path]  # split name -> qrels file
+    negatives: Path | None  # a file for `read_negatives`, when the dataset ships one
+
+
+def _missing(root: Path, layout: str, expected: str, missing: list[str]) -> FileNotFoundError:
+    held = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir()) if root.is_dir() else []
+    shown = ", ".join(held[:30]) + (f", ... ({len(held)} entries)" if len(held) > 30 else "")
+    return FileNotFoundError(f"{root}: not a complete {layout} dataset; expected {expected}; missing "
+                             f"{', '.join(missing)}; the directory holds: {shown or 'nothing'}")
+
+
+def dataset_files(root: str | Path) -> DatasetFiles:
+    """Find the files of a BEIR or MS MARCO dataset directory.
+
+    BEIR: corpus.jsonl, queries.jsonl, qrels/<split>.tsv, optional negatives.tsv.
+    MS MARCO: collection.tsv, queries.<split>.tsv, qrels.<split>.tsv, optional negatives.train.tsv.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: dataset directory does not exist")
+    if (root / "corpus.jsonl").is_file() or (root / "queries.jsonl").is_file() or (root / "qrels").is_dir():
+        qrels = {p.stem: p for p in sorted((root / "qrels").glob("*.tsv"))}
+        missing = [n for n in ("corpus.jsonl", "queries.jsonl") if not (root / n).is_file()]
+        if not qrels:
+            missing.append("qrels/<split>.tsv")
+        if missing:
+            raise _missing(root, "BEIR", "corpus.jsonl, queries.jsonl and qrels/<split>.tsv", missing)
+        negatives = root / "negatives.tsv"
+        return DatasetFiles(root, "beir", root / "corpus.jsonl", (root / "queries.jsonl",), qrels,
+                            negatives if negatives.is_file() else None)
+    queries = tuple(sorted(root.glob("queries.*.tsv")))
+    qrels = {p.name[len("qrels."):-len(".tsv")]: p for p in sorted(root.glob("qrels.*.tsv"))}
+    present = {"collection.tsv": (root / "collection.tsv").is_file(),
+               "queries.<split>.tsv": bool(queries), "qrels.<split>.tsv": bool(qrels)}
+    missing = [n for n, ok in present.items() if not ok]
+    if missing:
+        raise _missing(root, "BEIR or MS MARCO",
+                       "corpus.jsonl, queries.jsonl and qrels/<split>.tsv (BEIR) or collection.tsv, "
+                       "queries.<split>.tsv and qrels.<split>.tsv (MS MARCO)", missing)
+    negatives = root / "negatives.train.tsv"
+    return DatasetFiles(root, "msmarco", root / "collection.tsv", queries, qrels,
+                        negatives if negatives.is_file() else None)
+
+
+def _download(url: str, datasets: Path, name: str) -> Path:
+    """Download and unzip into `datasets/name` via a temp file and dir in the same folder, renamed in last."""
+    datasets.mkdir(parents=True, exist_ok=True)
+    target = datasets / name
+    fd, archive = tempfile.mkstemp(dir=datasets, prefix=f".{name}-", suffix=".zip.part")
+    unpacked = tempfile.mkdtemp(dir=datasets, prefix=f".{name}-")
+    try:
+        log.info("downloading %s to %s", url, target)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            shutil.copyfileobj(response, out, length=1 << 20)
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(unpacked)  # drops absolute paths and ".." components
+        tops = [p for p in Path(unpacked).iterdir() if p.is_dir() and p.name != "__MACOSX"]
+        top = Path(unpacked) / name
+        if not top.is_dir():
+            if len(tops) != 1:
+                found = sorted(p.name for p in tops)
+                raise RuntimeError(f"{url}: expected the zip to hold one folder {name}/, found {found}")
+            top = tops[0]
+        try:
+            os.replace(top, target)
+        except OSError:
+            if not target.is_dir():  # else another process finished the same download first
+                raise
+        return target
+    finally:
+        Path(archive).unlink(missing_ok=True)
+        shutil.rmtree(unpacked, ignore_errors=True)
+
+
+def resolve_dataset(name_or_path: str, data_root: str | None = None, cache_dir: str | Path | None = None,
+                    download: bool = True, url_template: str = BEIR_URL) -> Path:
+    """The directory of a dataset given by path or by BEIR name, downloading it into the cache if needed.
+
+    Looks in order at: `name_or_path` as a directory; `<data_root or $LIT_DR_DATA>/<name>`;
+    `<cache_dir or $LIT_DR_CACHE or ~/.cache/lit_dr>/datasets/<name>`; then downloads
+    `url_template.format(name=name)` there when `download` is true.
+    """
+    as_path = Path(name_or_path).expanduser()
+    if as_path.is_dir():
+        return as_path
+    tried = [f"{as_path} (as a path)"]
+    name = name_or_path
+    if _NAME.fullmatch(name) is None:
+        raise FileNotFoundError(f"dataset directory {as_path} does not exist (and is not a dataset name)")
+    root = data_root or os.environ.get("LIT_DR_DATA")
+    if root:
+        candidate = Path(root).expanduser() / name
+        if candidate.is_dir():
+            return candidate
+        tried.append(f"{candidate} ({'data_root' if data_root else 'LIT_DR_DATA'})")
+    else:
+        tried.append("<data_root>/<name> (neither data_root nor LIT_DR_DATA is set)")
+    default_cache = Path.home() / ".cache" / "lit_dr"
+    cache = Path(cache_dir or os.environ.get("LIT_DR_CACHE") or default_cache).expanduser()
+    candidate = cache / "datasets" / name
+    if candidate.is_dir():
+        return candidate
+    tried.append(f"{candidate} (cache)")
+    looked = "; ".join(tried)
+    if download:
+        url = url_template.format(name=name)
+        try:
+            return _download(url, cache / "datasets", name)
+        except (OSError, zipfile.BadZipFile) as e:  # urllib's URLError is an OSError
+            raise RuntimeError(f"dataset {name!r} not found (looked in: {looked}) and could not download "
+                               f"{url}: {e}") from e
+    raise FileNotFoundError(f"dataset {name!r} not found; looked in: {looked}. Pass an existing directory, "
+                            f"set LIT_DR_DATA to a folder holding {name}/, or enable download.")
+
+
+def split_dev(qids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Carve a dev split out of training query ids; returns (train_ids, dev_ids), each sorted.
+
+    The ids are sorted before a PCG64 permutation, so the same ids + fraction + seed give the same split
+    on every machine, whatever the input order (for NumPy >= 1.17, whose `Generator` stream this relies on).
+    `round(fraction * n)` ids go to dev.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"dev fraction must be strictly between 0 and 1, got {fraction}")
+    ids = sorted(qids)
+    if len(set(ids)) != len(ids):
+        raise ValueError("split_dev: query ids contain duplicates")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_dev = round(fraction * len(ids))
+    dev = sorted(ids[i] for i in order[:n_dev])
+    train = sorted(ids[i] for i in order[n_dev:])
+    return train, dev
