@@ -1,0 +1,176 @@
+"""The data module on synthetic data: token cache, splits, negatives, batches, bad input."""
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_beir
+from lit_dr.data import RetrievalDataModule
+from lit_dr.data.formats import DataFormatError
+from lit_dr.data.token_store import TokenStore
+
+
+def make_dm(path, tiny_model_dir, cache_dir, **kw) -> RetrievalDataModule:
+    args = dict(tokenizer=tiny_model_dir, cache_dir=cache_dir, train_batch_size=4, num_negatives=2, bm25_depth=10,
+                show_progress=False)
+    dm = RetrievalDataModule(str(path), **{**args, **kw})
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_token_store_round_trips_the_tokenizer(tiny_beir, tiny_model_dir, cache_dir):
+    from transformers import AutoTokenizer
+
+    dm = make_dm(tiny_beir, tiny_model_dir, cache_dir, doc_max_length=8)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = json.loads((tiny_beir / "corpus.jsonl").read_text().splitlines()[5])
+    expected = tok(f"{text['title']} {text['text']}", truncation=True, max_length=8)["input_ids"]
+    batch = dm.corpus.batch([5, 0])
+    assert batch.input_ids[0].tolist() == expected
+    assert batch.attention_mask[0].sum() == len(expected)
+    assert isinstance(dm.corpus.tokens, np.memmap)  # memory-mapped, not loaded
+    assert dm.corpus.ids[5] == "d5" and dm.corpus.row_of["d5"] == 5
+
+
+def test_token_cache_is_reused_and_keyed_on_max_length(tiny_beir, tiny_model_dir, cache_dir):
+    make_dm(tiny_beir, tiny_model_dir, cache_dir)
+    tmp = Path(cache_dir) / "tokens"
+    stores = sorted(p.name for p in tmp.iterdir())
+    make_dm(tiny_beir, tiny_model_dir, cache_dir)
+    assert sorted(p.name for p in tmp.iterdir()) == stores  # same key: nothing rebuilt
+    make_dm(tiny_beir, tiny_model_dir, cache_dir, doc_max_length=16)
+    assert len(list(tmp.iterdir())) == len(stores) + 1
+
+
+def test_dev_split_is_carved_from_train_deterministically(tiny_beir, tiny_model_dir, cache_dir):
+    a = make_dm(tiny_beir, tiny_model_dir, cache_dir, dev_fraction=0.25, seed=3)
+    b = make_dm(tiny_beir, tiny_model_dir, cache_dir, dev_fraction=0.25, seed=3)
+    assert len(a.split_rows["dev"]) == 8 and len(a.split_rows["train"]) == 24
+    assert not set(a.split_rows["dev"]) & set(a.split_rows["train"])
+    assert a.split_rows["dev"].tolist() == b.split_rows["dev"].tolist()
+    c = make_dm(tiny_beir, tiny_model_dir, cache_dir, dev_fraction=0.25, seed=4)
+    assert c.split_rows["dev"].tolist() != a.split_rows["dev"].tolist()
+
+
+def test_given_dev_qrels_are_used(tmp_path, tiny_model_dir, cache_dir):
+    root = write_beir(tmp_path / "withdev", dev=True)
+    dm = make_dm(root, tiny_model_dir, cache_dir)
+    assert [dm.queries.ids[r] for r in dm.split_rows["dev"]] == ["q0"]
+    assert len(dm.split_rows["train"]) == 32  # nothing carved out of train
+
+
+def test_bm25_negatives_exclude_judged_relevant(tmp_path, tiny_model_dir, cache_dir):
+    root = write_beir(tmp_path / "multi")
+    with open(root / "qrels" / "train.tsv", "a") as f:  # q1 is also relevant to d9 (same topic)
+        f.write("q1\td9\t1\n")
+    dm = make_dm(root, tiny_model_dir, cache_dir)
+    assert dm.negatives.source == "bm25@10"
+    for q, cands in dm.negatives.candidates.items():
+        assert not set(cands.tolist()) & set(dm.relevance[q]), q
+    q1 = dm.queries.row_of["q1"]
+    if q1 in dm.negatives.candidates:
+        assert dm.corpus.row_of["d9"] not in dm.negatives.candidates[q1]
+
+
+def test_train_batch_layout_and_false_negative_mask(tiny_beir, tiny_model_dir, cache_dir):
+    dm = make_dm(tiny_beir, tiny_model_dir, cache_dir)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.group_size == 3
+    assert batch.queries.input_ids.shape[0] == 4 and batch.docs.input_ids.shape[0] == 12
+    for i, q in enumerate(batch.query_rows.tolist()):
+        assert int(batch.doc_rows[i * 3]) in dm.relevance[q]  # positive first
+        for j, d in enumerate(batch.doc_rows.tolist()):
+            assert bool(batch.judged_relevant[i, j]) == (d in dm.relevance[q])
+
+
+def test_negatives_are_reproducible_and_change_with_the_epoch(tiny_beir, tiny_model_dir, cache_dir):
+    dm = make_dm(tiny_beir, tiny_model_dir, cache_dir, num_negatives=3)
+    ds = dm.train_dataloader().dataset
+    first = [ds[i][2].tolist() for i in range(len(ds))]
+    assert first == [ds[i][2].tolist() for i in range(len(ds))]
+    dm.set_epoch(1)
+    assert first != [ds[i][2].tolist() for i in range(len(ds))]
+
+
+def test_no_negatives_means_in_batch_only(tiny_beir, tiny_model_dir, cache_dir):
+    dm = make_dm(tiny_beir, tiny_model_dir, cache_dir, num_negatives=0, negatives="none")
+    assert next(iter(dm.train_dataloader())).group_size == 1
+
+
+def test_negatives_file(tmp_path, tiny_model_dir, cache_dir):
+    root = write_beir(tmp_path / "neg")
+    (root / "negatives.tsv").write_text("q0\td1,d0,d2\nq1\td3\n")
+    dm = make_dm(root, tiny_model_dir, cache_dir, negatives="file", num_negatives=1)
+    q0 = dm.queries.row_of["q0"]
+    if q0 in dm.negatives.candidates:  # q0 may have been carved into dev
+        assert dm.negatives.candidates[q0].tolist() == [1, 2]  # d0 is q0's positive: dropped
+
+
+def test_unknown_ids_in_qrels_give_one_counted_warning(tmp_path, tiny_model_dir, cache_dir, caplog):
+    root = write_beir(tmp_path / "unknown")
+    with open(root / "qrels" / "train.tsv", "a") as f:
+        f.write("q1\tnope1\t1\nq2\tnope2\t1\nqX\td1\t1\n")
+    with caplog.at_level(logging.WARNING):
+        dm = make_dm(root, tiny_model_dir, cache_dir)
+    warnings = [r.getMessage() for r in caplog.records if "unknown" in r.getMessage()]
+    assert len(warnings) == 1 and "2 judgments name unknown documents and 1 unknown queries" in warnings[0]
+    assert len(dm.split_rows["train"]) + len(dm.split_rows["dev"]) == 32
+
+
+def test_duplicate_ids_error_names_file_and_lines(tmp_path, tiny_model_dir, cache_dir):
+    root = write_beir(tmp_path / "dup")
+    with open(root / "corpus.jsonl", "a") as f:
+        f.write(json.dumps({"_id": "d3", "text": "again"}) + "\n")
+    with pytest.raises(DataFormatError, match=r"corpus.jsonl:65: field '_id'.*first on line 4"):
+        make_dm(root, tiny_model_dir, cache_dir)
+    # Nothing half-built is left in the cache after the failure.
+    assert not [p for p in (tmp_path.parent / "cache").rglob("*") if p.name.startswith(".corpus")]
+
+
+def test_duplicate_ids_keep_first(tmp_path, tiny_model_dir, cache_dir, caplog):
+    root = write_beir(tmp_path / "dup2")
+    with open(root / "corpus.jsonl", "a") as f:
+        f.write(json.dumps({"_id": "d3", "text": "again"}) + "\n")
+    with caplog.at_level(logging.WARNING):
+        dm = make_dm(root, tiny_model_dir, cache_dir, duplicate_ids="keep_first")
+    assert len(dm.corpus) == 64
+    assert any("1 duplicate ids skipped" in r.getMessage() for r in caplog.records)
+
+
+def test_empty_texts_are_kept_with_a_warning(tmp_path, tiny_model_dir, cache_dir, caplog):
+    root = write_beir(tmp_path / "empty")
+    with open(root / "corpus.jsonl", "a") as f:
+        f.write(json.dumps({"_id": "blank", "title": "", "text": "  "}) + "\n")
+    with caplog.at_level(logging.WARNING):
+        dm = make_dm(root, tiny_model_dir, cache_dir)
+    assert "blank" in dm.corpus.row_of
+    assert any("1 empty texts kept" in r.getMessage() for r in caplog.records)
+    assert dm.corpus.batch([dm.corpus.row_of["blank"]]).attention_mask.sum() == 2  # [CLS] [SEP]
+
+
+def test_bad_json_line_is_reported(tmp_path, tiny_model_dir, cache_dir):
+    root = write_beir(tmp_path / "bad")
+    lines = (root / "queries.jsonl").read_text().splitlines()
+    lines[6] = '{"_id": "q6", "text": '
+    (root / "queries.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataFormatError, match=r"queries.jsonl:7"):
+        make_dm(root, tiny_model_dir, cache_dir)
+
+
+def test_missing_test_split_is_a_clear_error(tiny_beir, tiny_model_dir, cache_dir):
+    dm = make_dm(tiny_beir, tiny_model_dir, cache_dir)
+    with pytest.raises(ValueError, match=r"no qrels for split 'test'.*have: \['dev', 'train'\]"):
+        dm.test_dataloader()
+
+
+def test_token_store_batch_trims_padding(tiny_beir, tiny_model_dir, cache_dir):
+    dm = make_dm(tiny_beir, tiny_model_dir, cache_dir, query_max_length=32)
+    store: TokenStore = dm.queries
+    batch = store.batch([0, 1, 2])
+    assert batch.input_ids.shape[1] == int(store.lengths[[0, 1, 2]].max())
+    assert batch.input_ids.dtype == torch.int64
