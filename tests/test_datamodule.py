@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_beir
 from lit_dr.data import RetrievalDataModule
 from lit_dr.data.formats import DataFormatError
 from lit_dr.data.token_store import TokenStore
+
+from conftest import write_beir
 
 
 def make_dm(path, tiny_model_dir, cache_dir, **kw) -> RetrievalDataModule:

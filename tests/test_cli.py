@@ -1,0 +1,106 @@
+"""The CLI: every YAML under configs/ parses and builds, fit/validate run, CLI checkpoints load from Python."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_dr import BiEncoderModule, BM25Negatives, RetrievalDataModule
+from lit_dr.cli import LitDrCLI, main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+OBJECTIVES = sorted(p for p in CONFIGS.glob("*.yaml"))
+FRAGMENTS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name != "sweeps")
+SWEEPS = sorted(CONFIGS.glob("sweeps/*.yaml"))
+
+
+def build(args: list[str]) -> LitDrCLI:
+    return LitDrCLI(BiEncoderModule, RetrievalDataModule, subclass_mode_model=True, args=args, run=False,
+                    auto_configure_optimizers=False)
+
+
+def test_there_is_a_config_per_objective():
+    assert {p.stem for p in OBJECTIVES} >= {"bm25neg", "samtone"}
+
+
+@pytest.mark.parametrize("path", OBJECTIVES, ids=lambda p: p.name)
+def test_objective_config_builds(path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cli = build(["--config", str(path)])
+    assert cli.model.__class__.__name__.lower().startswith(path.stem[:4])
+    assert cli.datamodule.hparams.tokenizer == "sentence-transformers/all-MiniLM-L6-v2"  # linked from the model
+
+
+def leaves(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("path", FRAGMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_fragment_stacks_on_an_objective(path, monkeypatch, capsys):
+    # --print_config stops after parsing: fragments naming a GPU or a hub model parse here without one.
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(CONFIGS / "bm25neg.yaml"), "--config", str(path), "--print_config"])
+    assert done.value.code in (0, None)
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    flat = dict(leaves(resolved))
+    for key, value in leaves(yaml.safe_load(path.read_text())):
+        assert flat.get(key) == value, (key, flat.get(key), value)
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_sweep_overrides_parse(path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    sweep = yaml.safe_load(path.read_text())
+    config = sweep["command"][sweep["command"].index("--config") + 1]
+    overrides = []
+    for key, spec in sweep["parameters"].items():
+        value = spec["values"][0] if "values" in spec else spec["min"]
+        overrides.append(f"--{key}={value}")
+    cli = build(["--config", str(CONFIGS.parent / config), *overrides])
+    for key, spec in sweep["parameters"].items():
+        if key == "model.init_args.temperature":
+            assert cli.model.temperature == spec["values"][0]
+
+
+def tiny_config(tmp_path, tiny_beir, tiny_model_dir, cache_dir) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({
+        "seed_everything": 0,
+        "model": {"class_path": "lit_dr.BM25Negatives", "init_args": {
+            "encoder": {"class_path": "lit_dr.Encoder", "init_args": {"model_name_or_path": tiny_model_dir}},
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}}}},
+        "data": {"dataset": str(tiny_beir), "cache_dir": cache_dir, "train_batch_size": 4, "show_progress": False},
+        "trainer": {"max_epochs": 1, "enable_progress_bar": False, "default_root_dir": str(tmp_path),
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"}}},
+    }))
+    return path
+
+
+def test_fit_then_load_checkpoint_and_validate(tmp_path, tiny_beir, tiny_model_dir, cache_dir, capsys):
+    config = tiny_config(tmp_path, tiny_beir, tiny_model_dir, cache_dir)
+    cli = main(["fit", "--config", str(config)])
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    assert (run / "config.yaml").exists()  # the fully resolved config, beside the checkpoints
+    assert "max_epochs: 1" in (run / "config.yaml").read_text()
+    assert list((run / "runs").glob("dev-step*.trec"))
+    assert "Dev metrics after fit" in capsys.readouterr().out
+    ckpt = next((run / "checkpoints").glob("*.ckpt"))
+    loaded = BM25Negatives.load_from_checkpoint(ckpt)
+    for (k, a), b in zip(cli.model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert a.equal(b), k
+    val = main(["validate", "--config", str(config), "--ckpt_path", str(ckpt)])
+    assert val.trainer.callback_metrics["val/ndcg@10"] == cli.trainer.callback_metrics["val/ndcg@10"]
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "lit_dr", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "fit" in out.stdout and "predict" in out.stdout
