@@ -58,31 +58,32 @@ def encode_store_sharded(
     encode: Callable[[TokenBatch], Tensor],
     store: TokenStore,
     all_gather: Callable[[Tensor], Tensor] | None,
+    rows: np.ndarray | None = None,
     rank: int = 0,
     world_size: int = 1,
     **kwargs,
 ) -> Tensor:
-    """(N, H) embeddings of every row of `store`, each process encoding 1/world_size of them.
+    """(len(rows), H) embeddings of `store` rows (all when None), each process encoding 1/world_size of them.
 
     Rows are dealt out round-robin in length order so every process gets the same amount of work; the shards
     are padded to one size, gathered with `all_gather` ((n, ...) -> (world_size, n, ...)), and put back in place.
     Every process returns the full matrix.
     """
-    n = len(store)
+    rows = np.arange(len(store)) if rows is None else np.asarray(rows, dtype=np.int64)
     if world_size == 1 or all_gather is None:
-        return encode_store(encode, store, **kwargs)
-    order = np.argsort(-store.lengths, kind="stable")
-    mine = np.sort(order[rank::world_size])
-    emb = encode_store(encode, store, rows=mine, **kwargs)  # (n_r, H)
-    width = -(-n // world_size)
+        return encode_store(encode, store, rows=rows, **kwargs)
+    order = np.argsort(-store.lengths[rows], kind="stable")
+    mine = np.sort(order[rank::world_size])  # positions in `rows`
+    emb = encode_store(encode, store, rows=rows[mine], **kwargs)  # (n_r, H)
+    width = -(-len(rows) // world_size)
     padded = torch.zeros(width, emb.shape[1])
     padded[: len(mine)] = emb
-    row_ids = torch.full((width,), -1, dtype=torch.long)
-    row_ids[: len(mine)] = torch.from_numpy(mine)
+    positions = torch.full((width,), -1, dtype=torch.long)
+    positions[: len(mine)] = torch.from_numpy(mine)
     device = kwargs.get("device", "cpu")
     all_emb = all_gather(padded.to(device)).reshape(-1, emb.shape[1]).cpu()  # (W * width, H)
-    all_rows = all_gather(row_ids.to(device)).reshape(-1).cpu()  # (W * width,)
-    keep = all_rows >= 0
-    out = torch.empty(n, emb.shape[1])
-    out[all_rows[keep]] = all_emb[keep]
+    all_pos = all_gather(positions.to(device)).reshape(-1).cpu()  # (W * width,)
+    keep = all_pos >= 0
+    out = torch.empty(len(rows), emb.shape[1])
+    out[all_pos[keep]] = all_emb[keep]
     return out

@@ -9,6 +9,8 @@ Similarity is the dot product; cosine similarity comes from L2-normalised embedd
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -83,3 +85,85 @@ def same_tower_info_nce(
     drop_pq = None if exclude is None else exclude[:, targets].T  # (B, B): query j judged relevant to p_i
     reverse = direction(p, q, p, torch.arange(b, device=q.device), drop_pq)
     return (loss + reverse) / 2
+
+
+def two_way_nll(q: Tensor, d: Tensor, group_size: int, temperature: float = 1.0, in_batch: bool = False) -> Tensor:
+    """ANCE's loss as released: a 2-way softmax {positive, one negative} per (query, hard negative) triple.
+
+    L = 1/(B (G-1)) sum_i sum_{k=1}^{G-1} softplus( (s(q_i,d_{iG+k}) - s(q_i,d_{iG})) / tau )
+
+    softplus(x) = log(1 + e^x), so each term is -log( e^{s+/tau} / (e^{s+/tau} + e^{s-/tau}) ).
+
+    Args:
+        q: (B, H).  d: (B * G, H), row i * G is q_i's positive, the next G - 1 rows its negatives.
+        in_batch: the "add in-batch negatives" option: one softmax per query over its positive, its own negatives
+            and every other document of the batch. That is exactly `info_nce`, which is what is called.
+    Reference: Xiong et al., ICLR 2021 (arXiv 2007.00808); code microsoft/ANCE: tau = 1, no in-batch negatives.
+    Relation: `dual_two_way_nll` (DANCE) adds the document -> query direction.
+    """
+    if in_batch:
+        return info_nce(q, d, group_size, temperature)
+    if group_size < 2:
+        raise ValueError(f"two_way_nll needs at least one hard negative per query (group_size {group_size})")
+    b, h = q.shape
+    scores = torch.einsum("bh,bgh->bg", q, d.reshape(b, group_size, h)) / temperature  # (B, G)
+    return F.softplus(scores[:, 1:] - scores[:, :1]).mean()
+
+
+def dual_two_way_nll(
+    q: Tensor,
+    d: Tensor,
+    neg_q: Tensor,
+    group_size: int,
+    query_group_size: int,
+    temperature: float = 1.0,
+    dual_weight: float = 0.1,
+) -> Tensor:
+    """DANCE: ANCE's 2-way NLL plus the dual query-retrieval direction with mined negative queries.
+
+    L = L_q2d + lambda * L_d2q, with L_q2d = `two_way_nll` and, for p_i = d_{iG} the positive of q_i,
+    L_d2q = 1/(B K) sum_i sum_{k<K} softplus( (s(p_i,q-_{iK+k}) - s(p_i,q_i)) / tau )
+
+    Each term is averaged over its own count (B (G-1) triples, B K triples), so K need not equal G - 1.
+
+    Args:
+        q: (B, H).  d: (B * G, H), row i * G is q_i's positive.
+        neg_q: (B * K, H), rows i * K .. i * K + K - 1 are queries mined as negatives for p_i (K = query_group_size).
+        dual_weight: lambda; 0 leaves exactly `two_way_nll`.
+    Reference: Li, Liu et al., ICTIR 2021 (arXiv 2107.07773); code thunlp/DANCE: cosine, tau = 0.01, lambda = 0.1.
+    """
+    b, h = q.shape
+    q2d = two_way_nll(q, d, group_size, temperature)
+    p = d[positive_columns(b, group_size, q.device)]  # (B, H)
+    pos = (p * q).sum(-1, keepdim=True) / temperature  # (B, 1)
+    neg = torch.einsum("bh,bkh->bk", p, neg_q.reshape(b, query_group_size, h)) / temperature  # (B, K)
+    return q2d + dual_weight * F.softplus(neg - pos).mean()
+
+
+def alignment(x: Tensor, y: Tensor) -> Tensor:
+    """Mean squared distance between paired embeddings: align = (1/N) sum_i ||x_i - y_i||^2.
+
+    The measure is defined on the unit sphere, so both inputs are L2-normalised here first.
+
+    Args:
+        x, y: (N, H), row i of x is paired with row i of y (a query and a document relevant to it).
+    Reference: Wang & Isola, ICML 2020 (arXiv 2005.10242), alpha = 2. Lower is better aligned.
+    """
+    x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
+    return (x - y).pow(2).sum(-1).mean()
+
+
+def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
+    """Log of the mean Gaussian potential over all pairs: unif = log (2/(N(N-1))) sum_{i<j} e^{-t ||x_i - x_j||^2}.
+
+    The measure is defined on the unit sphere, so `x` is L2-normalised here first. 0 when all points coincide,
+    down to about -t * 2 for points spread evenly over a high-dimensional sphere. Lower is more uniform.
+
+    Args:
+        x: (N, H) with N >= 2. Memory grows with N^2 / 2: subsample large sets.
+    Reference: Wang & Isola, ICML 2020 (arXiv 2005.10242).
+    """
+    if x.shape[0] < 2:
+        raise ValueError(f"uniformity needs at least two points, got {x.shape[0]}")
+    sq = torch.pdist(F.normalize(x, dim=-1)).pow(2)  # (N (N-1) / 2,)
+    return torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel())

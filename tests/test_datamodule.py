@@ -80,7 +80,7 @@ def test_bm25_negatives_exclude_judged_relevant(tmp_path, tiny_model_dir, cache_
 
 def test_train_batch_layout_and_false_negative_mask(tiny_beir, tiny_model_dir, cache_dir):
     dm = make_dm(tiny_beir, tiny_model_dir, cache_dir)
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert batch.group_size == 3
     assert batch.queries.input_ids.shape[0] == 4 and batch.docs.input_ids.shape[0] == 12
     for i, q in enumerate(batch.query_rows.tolist()):
@@ -91,16 +91,57 @@ def test_train_batch_layout_and_false_negative_mask(tiny_beir, tiny_model_dir, c
 
 def test_negatives_are_reproducible_and_change_with_the_epoch(tiny_beir, tiny_model_dir, cache_dir):
     dm = make_dm(tiny_beir, tiny_model_dir, cache_dir, num_negatives=3)
-    ds = dm.train_dataloader().dataset
-    first = [ds[i][2].tolist() for i in range(len(ds))]
-    assert first == [ds[i][2].tolist() for i in range(len(ds))]
-    dm.set_epoch(1)
-    assert first != [ds[i][2].tolist() for i in range(len(ds))]
+    rows = dm.split_rows["train"]
+    first = dm.train_batch(rows).doc_rows.tolist()
+    assert first == dm.train_batch(rows).doc_rows.tolist()
+    dm.epoch = 1
+    assert first != dm.train_batch(rows).doc_rows.tolist()
+
+
+def test_sampler_shards_and_skips_after_resume(tiny_beir, tiny_model_dir, cache_dir):
+    from lit_dr.data.datamodule import EpochSampler
+
+    full = list(EpochSampler(24, seed=0, num_replicas=1, rank=0))
+    assert sorted(full) == list(range(24))
+    halves = [list(EpochSampler(24, seed=0, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert sorted(halves[0] + halves[1]) == list(range(24)) and not set(halves[0]) & set(halves[1])
+    resumed = EpochSampler(24, seed=0, num_replicas=1, rank=0, skip=8)
+    assert list(resumed) == full[8:]
+    assert list(resumed) == full  # the skip applies once
+    other = EpochSampler(24, seed=0, num_replicas=1, rank=0)
+    other.set_epoch(1)
+    assert list(other) != full
+
+
+def test_state_dict_resumes_mid_epoch(tiny_beir, tiny_model_dir, cache_dir):
+    dm = make_dm(tiny_beir, tiny_model_dir, cache_dir)
+    loader = dm.train_dataloader()
+    batches = [dm.on_before_batch_transfer(b, 0).query_rows.tolist() for b in loader]
+    state = {"epoch": 0, "consumed": 2, "negatives_version": 0}
+    resumed = make_dm(tiny_beir, tiny_model_dir, cache_dir)
+    resumed.load_state_dict(state)
+    rest = [resumed.on_before_batch_transfer(b, 0).query_rows.tolist() for b in resumed.train_dataloader()]
+    assert rest == batches[2:]
+    assert resumed.consumed == len(batches)
+
+
+def test_negative_queries_for_dance(tiny_beir, tiny_model_dir, cache_dir):
+    import dataclasses
+
+    dm = make_dm(tiny_beir, tiny_model_dir, cache_dir, num_negative_queries=2)
+    positive_of = {q: int(dm.positives[q][0]) for q in dm.split_rows["train"]}
+    table = dataclasses.replace(dm.negatives, query_candidates={d: np.array([0, 1, 2, 3]) for d in positive_of.values()})
+    dm.set_negatives(table)
+    batch = dm.train_batch(dm.split_rows["train"][:4])
+    assert batch.negative_queries.input_ids.shape[0] == 8
+    allowed = {tuple(t[t != 0].tolist()) for t in dm.queries.batch([0, 1, 2, 3]).input_ids}
+    drawn = {tuple(t[t != 0].tolist()) for t in batch.negative_queries.input_ids}
+    assert drawn <= allowed
 
 
 def test_no_negatives_means_in_batch_only(tiny_beir, tiny_model_dir, cache_dir):
     dm = make_dm(tiny_beir, tiny_model_dir, cache_dir, num_negatives=0, negatives="none")
-    assert next(iter(dm.train_dataloader())).group_size == 1
+    assert dm.train_batch(dm.split_rows["train"][:4]).group_size == 1
 
 
 def test_negatives_file(tmp_path, tiny_model_dir, cache_dir):

@@ -10,7 +10,8 @@ from torch import Tensor
 @dataclass
 class _Movable:
     def to(self, device) -> _Movable:
-        return type(self)(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return type(self)(**{k: None if v is None else v.to(device) for k, v in moved.items()})
 
 
 @dataclass
@@ -28,6 +29,8 @@ class TrainBatch(_Movable):
     query_rows: Tensor  # (B,) row of each query in the query store
     doc_rows: Tensor  # (B * G,) corpus row of each document
     judged_relevant: Tensor  # (B, B * G) bool: doc j is judged relevant to query i (in-batch false negatives)
+    # DANCE: for each query's positive document, K mined negative queries (rows i * K .. i * K + K - 1).
+    negative_queries: TokenBatch | None = None  # (B * K, Lq)
 
     @property
     def group_size(self) -> int:

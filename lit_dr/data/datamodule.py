@@ -11,7 +11,7 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_dr.data.batches import EncodeBatch, TrainBatch
 from lit_dr.data.formats import (
@@ -34,39 +34,34 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class NegativesTable:
-    """Candidate hard negatives (corpus rows, best first) per training query row; `version` counts refreshes."""
+    """Candidate hard negatives per training query row (corpus rows), and for DANCE candidate negative queries
+    per positive document row (query rows). `version` counts refreshes; it seeds the draws from the table."""
 
     candidates: dict[int, np.ndarray]
     version: int = 0
     source: str = ""
+    query_candidates: dict[int, np.ndarray] | None = None
 
 
-class TrainQueries(Dataset):
-    """Item i: (query row, one positive, `num_negatives` negatives), drawn from a generator seeded by
-    (seed, epoch, negatives version, i), so a run is reproducible and resumable without saved sampler state."""
+class EpochSampler(DistributedSampler):
+    """Shuffles per epoch (seeded), shards over processes, and after a mid-epoch resume skips the samples the
+    interrupted run had already consumed, so the resumed run sees exactly the batches it would have seen.
 
-    def __init__(self, dm: RetrievalDataModule, query_rows: np.ndarray) -> None:
-        self.dm = dm
-        self.query_rows = query_rows
+    Being a DistributedSampler, Lightning keeps it under DDP instead of injecting its own, and calls `set_epoch`.
+    """
 
-    def __len__(self) -> int:
-        return len(self.query_rows)
+    def __init__(self, n: int, seed: int, num_replicas: int, rank: int, skip: int = 0) -> None:
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.skip = skip
 
-    def __getitem__(self, i: int) -> tuple[int, int, np.ndarray]:
-        dm = self.dm
-        qrow = int(self.query_rows[i])
-        rng = np.random.default_rng([dm.hparams.seed, dm.epoch, dm.negatives.version, qrow])
-        positives = dm.positives[qrow]
-        pos = int(positives[rng.integers(len(positives))])
-        h = dm.hparams.num_negatives
-        pool = dm.negatives.candidates.get(qrow, np.empty(0, dtype=np.int64))
-        if len(pool) >= h:
-            negs = rng.choice(pool, size=h, replace=False)
-        else:  # too few mined candidates: top up with random documents that are not judged relevant
-            extra = rng.choice(len(dm.corpus), size=4 * h + 8, replace=False if len(dm.corpus) > 4 * h + 8 else True)
-            extra = [r for r in extra if r not in dm.relevance[qrow] and r not in pool]
-            negs = np.concatenate([pool, np.asarray(extra[: h - len(pool)], dtype=np.int64)])
-        return qrow, pos, negs.astype(np.int64)
+    def __iter__(self):
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0  # only the first epoch after a resume is shortened
+        return iter(indices[skip:])
+
+
+def _as_rows(rows: list[int]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.long)
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -77,13 +72,15 @@ class RetrievalDataModule(L.LightningDataModule):
         tokenizer: tokenizer path or hub id; the CLI fills it from the model's encoder.
         query_max_length / doc_max_length: tokens kept per side (longer texts are truncated).
         num_negatives: hard negatives per query per batch (0: in-batch negatives only).
+        num_negative_queries: negative queries per positive document per batch (DANCE's dual loss; 0: none).
         negatives: where the initial table comes from: BM25 top `bm25_depth` minus judged-relevant documents,
             a `negatives.tsv` file of the data set, or none (a refresh callback may fill it later).
         dev_fraction / seed: when the data set has no `qrels/dev.tsv`, this share of training queries (chosen by
             `split_dev`, identical on every machine) becomes the dev split and leaves training.
         duplicate_ids: what a repeated corpus or query id does: raise, or keep the first with a counted warning.
-        num_workers: 0 is deliberate: a batch is a slice of a memory map, and the main process sees a new
-            negatives table at the very next batch. Workers (>0) copy the table when an epoch starts.
+        num_workers: loader workers only shuffle query rows; documents and negatives are attached in the main
+            process (`on_before_batch_transfer`), as a batch is a slice of a memory map. So 0 is the default,
+            and a refreshed negatives table applies from the next batch whatever the number of workers.
     """
 
     def __init__(
@@ -97,6 +94,7 @@ class RetrievalDataModule(L.LightningDataModule):
         train_batch_size: int = 16,
         eval_batch_size: int = 128,
         num_negatives: int = 1,
+        num_negative_queries: int = 0,
         negatives: Literal["bm25", "file", "none"] = "bm25",
         bm25_depth: int = 100,
         dev_fraction: float = 0.2,
@@ -110,8 +108,12 @@ class RetrievalDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         # Under the CLI, hparams come from the config, where a value linked from the model is absent.
         self.hparams["tokenizer"] = tokenizer
-        self.epoch = 0
+        self.epoch = 0  # epoch and batches consumed in it: what a resumed run needs to continue the same way
+        self.consumed = 0
+        self._resume_consumed = 0
+        self.sampler: EpochSampler | None = None
         self.negatives = NegativesTable({})
+        self._queries_of_doc: dict[int, set[int]] | None = None
         self._files: DatasetFiles | None = None
 
     # -- locations -------------------------------------------------------------------------------------
@@ -241,16 +243,38 @@ class RetrievalDataModule(L.LightningDataModule):
     def set_negatives(self, table: NegativesTable) -> None:
         self.negatives = table
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def relevance_for(self, query_rows: np.ndarray) -> list[dict[int, int]]:
         return [self.relevance.get(int(q), {}) for q in query_rows]
 
-    # -- loaders ---------------------------------------------------------------------------------------
-    def collate_train(self, items: list[tuple[int, int, np.ndarray]]) -> TrainBatch:
-        query_rows = np.array([q for q, _, _ in items], dtype=np.int64)  # (B,)
-        doc_rows = np.concatenate([np.concatenate([[p], n]) for _, p, n in items]).astype(np.int64)  # (B * G,)
+    # -- training batches: the loader yields query rows; documents are attached when the batch is used ----
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Turn a tensor of training query rows into a `TrainBatch`.
+
+        This runs in the main process when the training loop takes the batch (after Lightning's prefetch), so a
+        negatives table handed over by a refresh applies to the very next batch, and dataloader workers never
+        hold a copy of the table.
+        """
+        if not isinstance(batch, torch.Tensor):
+            return batch
+        if self.sampler is not None and self.sampler.epoch != self.epoch:
+            self.epoch, self.consumed = self.sampler.epoch, 0
+        self.consumed += 1
+        return self.train_batch(batch.numpy())
+
+    def train_batch(self, query_rows: np.ndarray) -> TrainBatch:
+        """Each query with one positive and `num_negatives` negatives, drawn by a generator seeded with
+        (seed, epoch, table version, query row): reproducible, and resumable without saved random state."""
+        h, k = self.hparams.num_negatives, self.hparams.num_negative_queries
+        docs, neg_queries = [], []
+        for q in query_rows.tolist():
+            rng = np.random.default_rng([self.hparams.seed, self.epoch, self.negatives.version, q])
+            positive = int(rng.choice(self.positives[q]))
+            docs += [positive, *self._draw(rng, self.negatives.candidates.get(q), h, len(self.corpus),
+                                           self.relevance[q])]
+            if k:
+                pool = (self.negatives.query_candidates or {}).get(positive)
+                neg_queries += self._draw(rng, pool, k, len(self.queries), self.relevant_queries(positive))
+        doc_rows = np.asarray(docs, dtype=np.int64)  # (B * G,)
         judged = torch.tensor([[int(d) in self.relevance[q] for d in doc_rows] for q in query_rows])  # (B, B * G)
         return TrainBatch(
             queries=self.queries.batch(query_rows),
@@ -258,21 +282,54 @@ class RetrievalDataModule(L.LightningDataModule):
             query_rows=torch.from_numpy(query_rows),
             doc_rows=torch.from_numpy(doc_rows),
             judged_relevant=judged,
+            negative_queries=self.queries.batch(np.asarray(neg_queries, dtype=np.int64)) if k else None,
+        )
+
+    @staticmethod
+    def _draw(rng: np.random.Generator, pool: np.ndarray | None, n: int, population: int, exclude) -> list[int]:
+        """n distinct rows uniformly from `pool`; if it holds fewer, topped up with random rows not in `exclude`."""
+        if n == 0:
+            return []
+        pool = np.empty(0, dtype=np.int64) if pool is None else pool
+        if len(pool) >= n:
+            return rng.choice(pool, size=n, replace=False).tolist()
+        chosen, taken = pool.tolist(), set(pool.tolist()) | set(exclude)
+        if population - len(taken) < n - len(chosen):
+            raise ValueError(f"cannot draw {n} negatives: only {population} rows, {len(taken)} excluded")
+        while len(chosen) < n:
+            r = int(rng.integers(population))
+            if r not in taken:
+                chosen.append(r)
+                taken.add(r)
+        return chosen
+
+    def relevant_queries(self, doc_row: int) -> set[int]:
+        """Query rows for which `doc_row` is judged relevant (DANCE drops them from the negative queries)."""
+        if self._queries_of_doc is None:
+            self._queries_of_doc = {}
+            for q, rel in self.relevance.items():
+                for d, g in rel.items():
+                    if g > 0:
+                        self._queries_of_doc.setdefault(d, set()).add(q)
+        return self._queries_of_doc.get(doc_row, set())
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        skip = self._resume_consumed * self.hparams.train_batch_size
+        self._resume_consumed = 0
+        self.sampler = EpochSampler(len(self.split_rows["train"]), self.hparams.seed, world, rank, skip)
+        return DataLoader(
+            self.split_rows["train"].tolist(),
+            batch_size=self.hparams.train_batch_size,
+            sampler=self.sampler,
+            drop_last=True,  # in-batch negatives: a short last batch would change the loss
+            collate_fn=_as_rows,
+            num_workers=self.hparams.num_workers,
         )
 
     def collate_encode(self, rows: list[int]) -> EncodeBatch:
         rows = np.asarray(rows, dtype=np.int64)
         return EncodeBatch(tokens=self.queries.batch(rows), rows=torch.from_numpy(rows))
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            TrainQueries(self, self.split_rows["train"]),
-            batch_size=self.hparams.train_batch_size,
-            shuffle=True,
-            drop_last=True,  # in-batch negatives: a short last batch changes the loss
-            collate_fn=self.collate_train,
-            num_workers=self.hparams.num_workers,
-        )
 
     def query_dataloader(self, split: str) -> DataLoader:
         if split not in self.split_rows:
@@ -293,4 +350,10 @@ class RetrievalDataModule(L.LightningDataModule):
         return self.query_dataloader("test" if "test" in self.split_rows else "dev")
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "negatives_version": self.negatives.version}
+        # Saved in every checkpoint; the table itself is restored by whoever made it (BM25: `setup`; a refresh
+        # callback: its own state).
+        return {"epoch": self.epoch, "consumed": self.consumed, "negatives_version": self.negatives.version}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.consumed = state["epoch"], state["consumed"]
+        self._resume_consumed = state["consumed"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -20,6 +22,15 @@ from lit_dr.run_dir import run_directory
 log = logging.getLogger(__name__)
 
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+
+
+@dataclass
+class Retrieval:
+    query_rows: np.ndarray  # (Q,) rows in the query store
+    queries: Tensor  # (Q, H)
+    docs: Tensor  # (N, H) the whole corpus
+    scores: np.ndarray  # (Q, k)
+    ranked: np.ndarray  # (Q, k) corpus rows, best first
 
 
 class BiEncoderModule(L.LightningModule):
@@ -103,12 +114,6 @@ class BiEncoderModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=q.shape[0])
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        # Negatives are drawn per (epoch, query): tell the data module which epoch this is.
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if hasattr(datamodule, "set_epoch"):
-            datamodule.set_epoch(self.current_epoch)
-
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
@@ -151,19 +156,26 @@ class BiEncoderModule(L.LightningModule):
     def _autocast(self) -> contextlib.AbstractContextManager:
         return self.trainer.precision_plugin.forward_context()
 
-    def corpus_embeddings(self) -> Tensor:
-        """(N, H) embeddings of the whole corpus with the current document tower, identical on every process."""
+    def embed(self, side: Literal["query", "doc"], rows: np.ndarray | None = None) -> Tensor:
+        """(len(rows), H) embeddings of query-store or corpus rows (all when None) with the current towers,
+        encoded in eval and inference mode, sharded over processes; identical on every process."""
         dm = self.trainer.datamodule
+        store, encode = (dm.queries, self.encode_queries) if side == "query" else (dm.corpus, self.encode_docs)
         was_training = self.training
         self.eval()
         try:
             return encode_store_sharded(
-                self.encode_docs, dm.corpus, self.all_gather, rank=self.global_rank,
+                encode, store, self.all_gather, rows=rows, rank=self.global_rank,
                 world_size=self.trainer.world_size, batch_size=dm.hparams.eval_batch_size, device=self.device,
-                autocast=self._autocast(), show_progress=self._show_progress, desc="encode corpus",
+                autocast=self._autocast(), show_progress=self._show_progress,
+                desc="encode corpus" if side == "doc" else "encode queries",
             )
         finally:
             self.train(was_training)
+
+    def corpus_embeddings(self) -> Tensor:
+        """(N, H) embeddings of the whole corpus with the current document tower, identical on every process."""
+        return self.embed("doc")
 
     def _gathered_queries(self) -> tuple[np.ndarray, Tensor]:
         rows = torch.cat([r for r, _ in self._eval_outputs])  # (n,)
@@ -175,11 +187,13 @@ class BiEncoderModule(L.LightningModule):
         unique, first = np.unique(rows.numpy(), return_index=True)
         return unique, emb[torch.from_numpy(first)]
 
-    def retrieve(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Search the corpus for the queries collected in this loop: (query rows, scores (Q, k), doc rows (Q, k)).
+    def extra_eval_metrics(self, query_rows: np.ndarray, queries: Tensor, docs: Tensor) -> dict[str, float]:
+        """Objective-specific evaluation figures from the evaluated queries' (Q, H) and the corpus' (N, H)
+        embeddings (DANCE: alignment and uniformity). Logged beside the retrieval metrics."""
+        return {}
 
-        Writes the TREC run file (global rank 0).
-        """
+    def retrieve(self, split: str) -> Retrieval:
+        """Search the corpus for the queries collected in this loop; writes the TREC run file (global rank 0)."""
         from lit_dr.faiss_index import build_index, search
         from lit_dr.metrics import write_trec_run
 
@@ -193,13 +207,14 @@ class BiEncoderModule(L.LightningModule):
             path = run_dir / f"{split}-step{self.global_step:07d}.trec"
             write_trec_run(path, [str(dm.queries.ids[q]) for q in query_rows], dm.corpus.ids, scores, ranked)
             log.info("wrote run file %s", path)
-        return query_rows, scores, ranked
+        return Retrieval(query_rows, queries, docs, scores, ranked)
 
     def evaluate(self, split: str, prefix: str) -> dict[str, float]:
         from lit_dr.metrics import retrieval_metrics
 
-        query_rows, scores, ranked = self.retrieve(split)
-        metrics = retrieval_metrics(scores, ranked, self.trainer.datamodule.relevance_for(query_rows))
+        r = self.retrieve(split)
+        metrics = retrieval_metrics(r.scores, r.ranked, self.trainer.datamodule.relevance_for(r.query_rows))
+        metrics.update(self.extra_eval_metrics(r.query_rows, r.queries, r.docs))
         # Every process computed the same numbers from the same gathered embeddings: no sync needed.
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False)
         return metrics

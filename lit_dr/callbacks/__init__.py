@@ -1,0 +1,3 @@
+from lit_dr.callbacks.refresh import NegativeRefresh
+
+__all__ = ["NegativeRefresh"]

@@ -1,0 +1,205 @@
+"""Hard negatives refreshed from the model's own index during training (ANCE's "inferencer", in-process)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from lit_dr.data.datamodule import NegativesTable
+from lit_dr.mining import load_table, overlap, sample_negatives, save_table, table_digest
+from lit_dr.run_dir import run_directory
+
+log = logging.getLogger(__name__)
+
+
+class NegativeRefresh(L.Callback):
+    """Every `every_n_steps` optimizer steps (and, optionally, before the first): encode the corpus and the
+    training queries with the current model, index the corpus with FAISS, retrieve the top `depth` per query,
+    drop every judged-relevant document, draw `num_negatives` from ranks [skip, depth), and hand the new,
+    versioned table to the data module, which uses it from the next batch on.
+
+    With `mine_queries` (DANCE) it also indexes the training queries and draws `num_negative_queries` negative
+    queries for each positive document from its top `query_depth`, dropping queries it is relevant to.
+
+    Under DDP every process encodes its share, the shards are gathered, and every process searches and draws
+    the same (the draw is seeded by seed, generation and row), so all hold the same table.
+    State in the checkpoint: generation, step of the last refresh, table file and digest. A resumed run reloads
+    the table; a refresh whose table file was already written before a crash is loaded, not recomputed.
+
+    Args:
+        every_n_steps: optimizer steps between refreshes (ANCE: 10k; a checkpoint per refresh is not needed).
+        before_first_step: mine once before training starts (ANCE starts from its warm start's negatives).
+        depth / num_negatives / skip: ANCE: top 200, 20 drawn uniformly, from rank 0.
+        index_factory / faiss_gpu: the FAISS index to mine with ("Flat" is exact, as ANCE's code).
+        table_dir: where tables go; default `negatives/` in the run's directory.
+        timeout_s: how long a process waits for the others at the start of a refresh before failing.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 10_000,
+        before_first_step: bool = True,
+        depth: int = 200,
+        num_negatives: int = 20,
+        skip: int = 0,
+        index_factory: str = "Flat",
+        faiss_gpu: bool = False,
+        mine_queries: bool = False,
+        query_depth: int = 200,
+        num_negative_queries: int = 20,
+        table_dir: str | None = None,
+        seed: int = 0,
+        timeout_s: float = 1800.0,
+    ) -> None:
+        self.every_n_steps = every_n_steps
+        self.before_first_step = before_first_step
+        self.depth, self.num_negatives, self.skip = depth, num_negatives, skip
+        self.index_factory, self.faiss_gpu = index_factory, faiss_gpu
+        self.mine_queries, self.query_depth, self.num_negative_queries = mine_queries, query_depth, num_negative_queries
+        self.table_dir = table_dir
+        self.seed, self.timeout_s = seed, timeout_s
+        self.generation = 0
+        self.last_step: int | None = None
+        self.table_path: str | None = None
+        self.table_digest: str | None = None
+        self.history: list[dict[str, float]] = []
+        self.resumed = False
+
+    # -- checkpointed state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"generation": self.generation, "last_step": self.last_step, "table_path": self.table_path,
+                "table_digest": self.table_digest, "table_dir": self.table_dir}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.resumed = True
+
+    # -- hooks -------------------------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.table_dir is None:
+            self.table_dir = str(run_directory(trainer) / "negatives")
+        if self.table_path is not None:  # resumed: the table this run was using
+            self._install(trainer, *self._load(Path(self.table_path)))
+        elif self.before_first_step and self.generation == 0:
+            self.refresh(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        # Counted in optimizer steps: with gradient accumulation several micro-batches share one step.
+        if step > 0 and step != self.last_step and step % self.every_n_steps == 0:
+            self.refresh(trainer, pl_module)
+
+    # -- the refresh -------------------------------------------------------------------------------------
+    def refresh(self, trainer: L.Trainer, pl_module) -> NegativesTable:
+        step, generation = trainer.global_step, self.generation + 1
+        path = Path(self.table_dir) / f"negatives-g{generation:04d}-step{step:07d}.npz"
+        # Decided before the barrier, so no process can see a file that another wrote after it: all agree.
+        finished_before_crash = self.resumed and path.exists()
+        self._wait_for_all(trainer, generation, step)
+        if finished_before_crash:  # same weights at the same step give the same table: load, don't recompute
+            log.info("refresh %d at step %d: reusing %s", generation, step, path)
+            candidates, query_candidates = self._load(path, check=False)
+            stats = {"reused": 1.0}
+        else:
+            try:
+                candidates, query_candidates, stats = self._mine(trainer, pl_module, generation)
+            except Exception as e:
+                raise RuntimeError(f"negative refresh {generation} at step {step} failed on rank "
+                                   f"{trainer.global_rank}: {e}") from e
+            if trainer.is_global_zero:
+                save_table(path, candidates, query_candidates)
+        previous = trainer.datamodule.negatives.candidates
+        stats["overlap_with_previous"] = overlap(previous, candidates)
+        stats["steps_since_previous"] = float(step - (self.last_step or 0))
+        self.generation, self.last_step, self.table_path = generation, step, str(path)
+        self.table_digest = table_digest(candidates, query_candidates)
+        self._install(trainer, candidates, query_candidates)
+        self._report(trainer, step, generation, stats)
+        return trainer.datamodule.negatives
+
+    def _mine(self, trainer, pl_module, generation: int):
+        from lit_dr.faiss_index import build_index, search
+
+        dm = trainer.datamodule
+        train = dm.split_rows["train"]
+        times: dict[str, float] = {}
+
+        @contextmanager
+        def phase(name):
+            start = time.perf_counter()
+            yield
+            times[f"time_{name}_s"] = time.perf_counter() - start
+
+        with phase("encode_corpus"):
+            docs = pl_module.embed("doc")  # (N, H)
+        with phase("encode_queries"):
+            queries = pl_module.embed("query", train)  # (Q, H)
+        with phase("build_index"):
+            index = build_index(docs.numpy(), self.index_factory, use_gpu=self.faiss_gpu)
+        with phase("search"):
+            _, ranked = search(index, queries.numpy(), k=min(self.depth, len(dm.corpus)))  # (Q, depth)
+        with phase("sample"):
+            mined = sample_negatives(ranked, train, [set(dm.relevance[q]) for q in train], self.num_negatives,
+                                     self.skip, self.seed, generation)
+        query_candidates = None
+        if self.mine_queries:
+            with phase("mine_queries"):
+                positives = np.array(sorted({int(p) for q in train for p in dm.positives[q]}), dtype=np.int64)
+                query_index = build_index(queries.numpy(), "Flat", use_gpu=self.faiss_gpu)
+                _, near = search(query_index, docs[positives].numpy(), k=min(self.query_depth, len(train)))
+                near = np.where(near >= 0, train[np.maximum(near, 0)], -1)  # positions -> query rows
+                query_candidates = sample_negatives(
+                    near, positives, [dm.relevant_queries(d) for d in positives], self.num_negative_queries, 0,
+                    self.seed, generation,
+                ).candidates
+        times["time_total_s"] = sum(times.values())
+        return mined.candidates, query_candidates, {**mined.stats, **times}
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _install(self, trainer, candidates, query_candidates) -> None:
+        trainer.datamodule.set_negatives(NegativesTable(candidates, version=self.generation,
+                                                        source=f"refresh {self.generation}",
+                                                        query_candidates=query_candidates))
+
+    def _load(self, path: Path, check: bool = True):
+        if not path.exists():
+            raise FileNotFoundError(f"negatives table {path} from the checkpoint is missing: it was written "
+                                    f"at refresh {self.generation}; restore the run directory or start afresh")
+        candidates, query_candidates = load_table(path)
+        if check and table_digest(candidates, query_candidates) != self.table_digest:
+            raise ValueError(f"negatives table {path} does not match the checkpoint's digest")
+        return candidates, query_candidates
+
+    def _wait_for_all(self, trainer, generation: int, step: int) -> None:
+        """Fail loudly, naming the missing ranks, if a process does not reach the refresh in time."""
+        if trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return
+        timeout = timedelta(seconds=self.timeout_s)
+        try:
+            if torch.distributed.get_backend() == "gloo":
+                torch.distributed.monitored_barrier(timeout=timeout, wait_all_ranks=True)
+            else:  # NCCL: bounded by the process group's timeout (the strategy's `timeout`)
+                torch.distributed.barrier()
+        except RuntimeError as e:
+            raise RuntimeError(f"negative refresh {generation} at step {step}: rank {trainer.global_rank} "
+                               f"waited {self.timeout_s:.0f} s for the other processes: {e}") from e
+
+    def _report(self, trainer, step: int, generation: int, stats: dict[str, float]) -> None:
+        record = {"generation": generation, "step": step, **stats}
+        self.history.append(record)
+        if not trainer.is_global_zero:
+            return
+        log.info("refresh %d at step %d: %s", generation, step,
+                 ", ".join(f"{k}={v:.3g}" for k, v in stats.items()))
+        for logger in trainer.loggers:
+            logger.log_metrics({f"refresh/{k}": v for k, v in record.items()}, step=step)
+        with open(Path(self.table_dir) / "refreshes.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
