@@ -71,6 +71,9 @@ class Encoder(nn.Module):
         self.normalize = normalize
         self.model = AutoModel.from_pretrained(resolve_model_path(model_name_or_path))
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off during training
+        if getattr(self.model, "pooler", None) is not None:
+            # Our pooling reads the token states: an unused pooler costs compute and breaks DDP's gradient check.
+            self.model.pooler = None
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         hidden = self.model.config.hidden_size

@@ -87,7 +87,9 @@ def same_tower_info_nce(
     return (loss + reverse) / 2
 
 
-def two_way_nll(q: Tensor, d: Tensor, group_size: int, temperature: float = 1.0, in_batch: bool = False) -> Tensor:
+def two_way_nll(
+    q: Tensor, d: Tensor, group_size: int, temperature: float = 1.0, in_batch: bool = False
+) -> Tensor:
     """ANCE's loss as released: a 2-way softmax {positive, one negative} per (query, hard negative) triple.
 
     L = 1/(B (G-1)) sum_i sum_{k=1}^{G-1} softplus( (s(q_i,d_{iG+k}) - s(q_i,d_{iG})) / tau )
@@ -96,9 +98,9 @@ def two_way_nll(q: Tensor, d: Tensor, group_size: int, temperature: float = 1.0,
 
     Args:
         q: (B, H).  d: (B * G, H), row i * G is q_i's positive, the next G - 1 rows its negatives.
-        in_batch: the "add in-batch negatives" option: one softmax per query over its positive, its own negatives
-            and every other document of the batch. That is exactly `info_nce`, which is what is called.
-    Reference: Xiong et al., ICLR 2021 (arXiv 2007.00808); code microsoft/ANCE: tau = 1, no in-batch negatives.
+        in_batch: the "add in-batch negatives" option: one softmax per query over its positive, its own
+            negatives and every other document of the batch: exactly `info_nce`, which is what is called.
+    Reference: Xiong et al., ICLR 2021 (arXiv 2007.00808); code microsoft/ANCE: tau 1, no in-batch negatives.
     Relation: `dual_two_way_nll` (DANCE) adds the document -> query direction.
     """
     if in_batch:
@@ -128,9 +130,9 @@ def dual_two_way_nll(
 
     Args:
         q: (B, H).  d: (B * G, H), row i * G is q_i's positive.
-        neg_q: (B * K, H), rows i * K .. i * K + K - 1 are queries mined as negatives for p_i (K = query_group_size).
+        neg_q: (B * K, H), rows i * K .. i * K + K - 1 are negative queries mined for p_i; K = query_group_size.
         dual_weight: lambda; 0 leaves exactly `two_way_nll`.
-    Reference: Li, Liu et al., ICTIR 2021 (arXiv 2107.07773); code thunlp/DANCE: cosine, tau = 0.01, lambda = 0.1.
+    Reference: Li, Liu et al., ICTIR 2021 (arXiv 2107.07773); code thunlp/DANCE: cosine, tau 0.01, lambda 0.1.
     """
     b, h = q.shape
     q2d = two_way_nll(q, d, group_size, temperature)
@@ -154,10 +156,12 @@ def alignment(x: Tensor, y: Tensor) -> Tensor:
 
 
 def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
-    """Log of the mean Gaussian potential over all pairs: unif = log (2/(N(N-1))) sum_{i<j} e^{-t ||x_i - x_j||^2}.
+    """Log of the mean Gaussian potential over all pairs of points (Wang & Isola's uniformity).
 
-    The measure is defined on the unit sphere, so `x` is L2-normalised here first. 0 when all points coincide,
-    down to about -t * 2 for points spread evenly over a high-dimensional sphere. Lower is more uniform.
+    unif = log (2 / (N (N-1))) sum_{i<j} e^{-t ||x_i - x_j||^2}
+
+    The measure is defined on the unit sphere, so `x` is L2-normalised here first. 0 when all points
+    coincide, down to about -2t for points spread evenly over a high-dimensional sphere. Lower is more uniform.
 
     Args:
         x: (N, H) with N >= 2. Memory grows with N^2 / 2: subsample large sets.

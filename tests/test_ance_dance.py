@@ -39,7 +39,7 @@ def naive_d2q(q, d, neg_q, g, k, tau):
 SHAPES = [(1, 2, 1.0, False), (4, 3, 1.0, False), (5, 5, 0.5, False), (3, 4, 0.05, True), (6, 3, 0.01, True)]
 
 
-# -- losses -------------------------------------------------------------------------------------------------------
+# -- losses --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("b, g, tau, unit", SHAPES)
 def test_two_way_nll_matches_formula(b, g, tau, unit):
     q, d = embeddings(b, seed=b, unit=unit), embeddings(b * g, seed=g + 10, unit=unit)
@@ -58,13 +58,13 @@ def test_dual_two_way_nll_matches_formula(b, g, tau, unit, k):
 
 def test_two_way_nll_with_in_batch_negatives_is_info_nce():
     q, d = embeddings(4), embeddings(12, seed=1)
-    naive = sum(
-        -(float(q[i] @ d[i * 3]) / 0.5 - math.log(sum(math.exp(float(q[i] @ c) / 0.5) for c in d))) for i in range(4)
-    ) / 4
-    got = two_way_nll(q, d, 3, 0.5, in_batch=True)
-    assert torch.equal(got, info_nce(q, d, 3, 0.5))
+    tau = 0.5
+    naive = sum(math.log(sum(math.exp(float(q[i] @ c) / tau) for c in d)) - float(q[i] @ d[i * 3]) / tau
+                for i in range(4)) / 4
+    got = two_way_nll(q, d, 3, tau, in_batch=True)
+    assert torch.equal(got, info_nce(q, d, 3, tau))
     assert got.item() == pytest.approx(naive, rel=1e-9)
-    assert got.item() != pytest.approx(two_way_nll(q, d, 3, 0.5).item())
+    assert got.item() != pytest.approx(two_way_nll(q, d, 3, tau).item())
 
 
 def test_dual_weight_zero_is_two_way_nll():
@@ -84,7 +84,7 @@ def test_alignment_matches_definition():
     x, y = embeddings(6), embeddings(6, seed=1)
     expected = sum(float(((x[i] / x[i].norm() - y[i] / y[i].norm()) ** 2).sum()) for i in range(6)) / 6
     assert alignment(x, y).item() == pytest.approx(expected, rel=1e-12)
-    assert alignment(x, 5 * x).item() == pytest.approx(0.0, abs=1e-12)  # scale does not matter: normalised inside
+    assert alignment(x, 5 * x).item() == pytest.approx(0.0, abs=1e-12)  # normalised inside: scale is ignored
 
 
 @pytest.mark.parametrize("t", [2.0, 0.5])
@@ -118,7 +118,7 @@ def test_embedding_geometry():
     assert got["unif_d"] == pytest.approx(uniformity(docs).item())
 
     sampled = embedding_geometry(queries, docs, relevance, sample=4, seed=1)
-    assert sampled == embedding_geometry(queries, docs, relevance, sample=4, seed=1)  # fixed seed, fixed sample
+    assert sampled == embedding_geometry(queries, docs, relevance, sample=4, seed=1)  # same seed, same sample
     assert sampled["unif_d"] != pytest.approx(got["unif_d"])
     assert sampled["unif_q"] == pytest.approx(got["unif_q"])  # 3 queries <= 4: all of them
 
@@ -126,7 +126,7 @@ def test_embedding_geometry():
     assert math.isnan(empty["align"]) and math.isnan(empty["unif_q"]) and not math.isnan(empty["unif_d"])
 
 
-# -- modules on the tiny BERT ---------------------------------------------------------------------------------------
+# -- modules on the tiny BERT --------------------------------------------------------------------------------
 def tokens(n, seed, length=7):
     """n rows of tiny-vocabulary word ids between [CLS] and [SEP]; every other row ends in two pads."""
     ids = torch.randint(5, 85, (n, length), generator=torch.Generator().manual_seed(seed))
@@ -170,7 +170,7 @@ def test_loss_is_finite_and_reaches_the_encoder(module_cls, kwargs, with_negativ
 
 def test_dance_stages(tiny_model_dir):
     encoder = Encoder(tiny_model_dir, pooling="cls", projection_dim=8, normalize=True)
-    dance = DANCE(encoder=encoder, temperature=0.05, dual_weight=0.1).eval()  # eval: no dropout, comparable losses
+    dance = DANCE(encoder=encoder, temperature=0.05, dual_weight=0.1).eval()  # no dropout: comparable losses
     ance = ANCE(encoder=encoder, temperature=0.05).eval()
     with torch.no_grad():
         stage1 = loss_of(ance, train_batch())
@@ -185,11 +185,11 @@ def test_dance_stages(tiny_model_dir):
         assert torch.equal(loss_of(dance, train_batch(k=2)), stage1)
 
 
-def test_dance_checkpoint_round_trip_and_geometry_at_validation(tiny_beir, tiny_model_dir, cache_dir, tmp_path):
+def test_dance_checkpoint_round_trip_and_validation_geometry(tiny_beir, tiny_model_dir, cache_dir, tmp_path):
     model = DANCE(encoder=Encoder(tiny_model_dir, pooling="cls", projection_dim=8, normalize=True),
                   temperature=0.05, dual_weight=0.3, run_dir=str(tmp_path / "runs"))
-    dm = RetrievalDataModule(str(tiny_beir), tokenizer=tiny_model_dir, cache_dir=cache_dir, train_batch_size=8,
-                             num_negatives=2, bm25_depth=10, show_progress=False)
+    dm = RetrievalDataModule(str(tiny_beir), tokenizer=tiny_model_dir, cache_dir=cache_dir,
+                             train_batch_size=8, num_negatives=2, bm25_depth=10, show_progress=False)
     args = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                 default_root_dir=str(tmp_path))
     trainer = L.Trainer(max_steps=2, limit_val_batches=0, **args)

@@ -1,6 +1,5 @@
 """The CLI: every YAML under configs/ parses and builds, fit/validate run, CLI checkpoints load from Python."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -108,6 +108,9 @@ def test_sampler_shards_and_skips_after_resume(tiny_beir, tiny_model_dir, cache_
     resumed = EpochSampler(24, seed=0, num_replicas=1, rank=0, skip=8)
     assert list(resumed) == full[8:]
     assert list(resumed) == full  # the skip applies once
+    next_epoch = EpochSampler(24, seed=0, num_replicas=1, rank=0, skip=8, skip_epoch=0)
+    next_epoch.set_epoch(1)  # the checkpoint was the epoch's last batch: the resumed run starts epoch 1
+    assert len(list(next_epoch)) == 24
     other = EpochSampler(24, seed=0, num_replicas=1, rank=0)
     other.set_epoch(1)
     assert list(other) != full

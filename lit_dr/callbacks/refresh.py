@@ -72,13 +72,21 @@ class NegativeRefresh(L.Callback):
         self.table_digest: str | None = None
         self.history: list[dict[str, float]] = []
         self.resumed = False
+        self._rng: dict | None = None
 
     # -- checkpointed state ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        # The global torch generators too (dropout): Lightning does not checkpoint them, and without them a
+        # resumed run's weights, and so its next negatives, would drift from an uninterrupted run's.
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {"generation": self.generation, "last_step": self.last_step, "table_path": self.table_path,
-                "table_digest": self.table_digest, "table_dir": self.table_dir}
+                "table_digest": self.table_digest, "table_dir": self.table_dir, "rng": rng}
 
     def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self._rng = state.pop("rng", None)
         self.__dict__.update(state)
         self.resumed = True
 
@@ -86,6 +94,11 @@ class NegativeRefresh(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.table_dir is None:
             self.table_dir = str(run_directory(trainer) / "negatives")
+        if self._rng is not None:
+            torch.set_rng_state(self._rng["torch"])
+            if "cuda" in self._rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._rng["cuda"])
+            self._rng = None
         if self.table_path is not None:  # resumed: the table this run was using
             self._install(trainer, *self._load(Path(self.table_path)))
         elif self.before_first_step and self.generation == 0:
@@ -202,4 +215,4 @@ class NegativeRefresh(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({f"refresh/{k}": v for k, v in record.items()}, step=step)
         with open(Path(self.table_dir) / "refreshes.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({**record, "digest": self.table_digest}) + "\n")

@@ -50,13 +50,15 @@ class EpochSampler(DistributedSampler):
     Being a DistributedSampler, Lightning keeps it under DDP instead of injecting its own, and calls `set_epoch`.
     """
 
-    def __init__(self, n: int, seed: int, num_replicas: int, rank: int, skip: int = 0) -> None:
+    def __init__(self, n: int, seed: int, num_replicas: int, rank: int, skip: int = 0, skip_epoch: int = 0) -> None:
         super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.skip = skip
+        self.skip, self.skip_epoch = skip, skip_epoch
 
     def __iter__(self):
         indices = list(super().__iter__())
-        skip, self.skip = self.skip, 0  # only the first epoch after a resume is shortened
+        # Only the interrupted epoch is shortened; a checkpoint from its last batch resumes into the next one.
+        skip = self.skip if self.epoch == self.skip_epoch else 0
+        self.skip = 0
         return iter(indices[skip:])
 
 
@@ -317,7 +319,7 @@ class RetrievalDataModule(L.LightningDataModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         skip = self._resume_consumed * self.hparams.train_batch_size
         self._resume_consumed = 0
-        self.sampler = EpochSampler(len(self.split_rows["train"]), self.hparams.seed, world, rank, skip)
+        self.sampler = EpochSampler(len(self.split_rows["train"]), self.hparams.seed, world, rank, skip, self.epoch)
         return DataLoader(
             self.split_rows["train"].tolist(),
             batch_size=self.hparams.train_batch_size,
@@ -325,6 +327,9 @@ class RetrievalDataModule(L.LightningDataModule):
             drop_last=True,  # in-batch negatives: a short last batch would change the loss
             collate_fn=_as_rows,
             num_workers=self.hparams.num_workers,
+            # Its own generator: otherwise each new iterator draws a seed from the global one, which shifts
+            # dropout's random stream between an uninterrupted and a resumed run.
+            generator=torch.Generator().manual_seed(self.hparams.seed),
         )
 
     def collate_encode(self, rows: list[int]) -> EncodeBatch:

@@ -1,4 +1,4 @@
-"""ANCE: a 2-way NLL per (query, positive, mined hard negative) triple; the negatives are refreshed during training."""
+"""ANCE: a 2-way NLL per (query, positive, mined negative) triple; negatives are refreshed during training."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from lit_dr.modules.base import BiEncoderModule
 
 
 class ANCE(BiEncoderModule):
-    """Xiong et al., ICLR 2021 (arXiv 2007.00808). The hard negatives are mined with the model being trained by
-    the refresh callback (`lit_dr.callbacks.NegativeRefresh`); this module only computes the loss on them.
+    """Xiong et al., ICLR 2021 (arXiv 2007.00808). The hard negatives are mined with the model being trained
+    by the refresh callback (`lit_dr.callbacks.NegativeRefresh`); this module only computes the loss on them.
 
     The paper's setting: one shared RoBERTa tower, first token -> Linear -> LayerNorm
     (`Encoder(pooling="cls", projection_dim=768)`), raw dot product (tau 1), LAMB at lr 1e-6, 20 negatives per

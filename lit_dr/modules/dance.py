@@ -19,7 +19,7 @@ def embedding_geometry(
 
     Args:
         queries: (Q, H).  docs: (N, H) the whole corpus.
-        relevance: per query, {corpus row: grade}; grade > 0 is relevant. `align` averages over all such pairs.
+        relevance: per query, {corpus row: grade}; grade > 0 is relevant. `align` averages over these pairs.
         sample: uniformity costs N^2 / 2 pairs, so each side uses at most this many rows, drawn with `seed`.
     Returns:
         {"align", "unif_q", "unif_d"}; a figure with too few points (no relevant pair, one row) is NaN.
@@ -44,8 +44,9 @@ def embedding_geometry(
 
 
 class DANCE(BiEncoderModule):
-    """Li, Liu et al., ICTIR 2021 (arXiv 2107.07773). Negative documents are mined as in ANCE; negative queries
-    (for each positive document, queries near it for which it is not relevant) arrive in `batch.negative_queries`.
+    """Li, Liu et al., ICTIR 2021 (arXiv 2107.07773). Negative documents are mined as in ANCE; negative
+    queries (for each positive document, queries near it to which it is not relevant) arrive in
+    `batch.negative_queries`.
 
     The paper's setting: the ANCE tower with L2-normalised output (`Encoder(pooling="cls", projection_dim=768,
     normalize=True)`), cosine / tau = 0.01, lambda = 0.1, in two stages from an ANCE checkpoint: (1)
