@@ -56,7 +56,8 @@ class LitDrCLI(LightningCLI):
                 print(f"  best checkpoint  {ckpt.best_model_path} ({ckpt.monitor} = {float(ckpt.best_model_score):.4f})")
 
 
-def main(args: list[str] | None = None) -> LitDrCLI:
+def run(args: list[str] | None = None) -> LitDrCLI:
+    """Run the CLI and return it (its trainer, model and data module), for use from Python."""
     return LitDrCLI(
         BiEncoderModule,
         RetrievalDataModule,
@@ -66,6 +67,11 @@ def main(args: list[str] | None = None) -> LitDrCLI:
         args=args,
         auto_configure_optimizers=False,
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """The `lit-dr` console script (returns None: a returned object would become the exit status)."""
+    run(args)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from lit_dr import BiEncoderModule, BM25Negatives, RetrievalDataModule
-from lit_dr.cli import LitDrCLI, main
+from lit_dr.cli import LitDrCLI, run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OBJECTIVES = sorted(p for p in CONFIGS.glob("*.yaml"))
@@ -46,7 +46,7 @@ def test_fragment_stacks_on_an_objective(path, monkeypatch, capsys):
     # --print_config stops after parsing: fragments naming a GPU or a hub model parse here without one.
     monkeypatch.setenv("WANDB_MODE", "disabled")
     with pytest.raises(SystemExit) as done:
-        main(["fit", "--config", str(CONFIGS / "bm25neg.yaml"), "--config", str(path), "--print_config"])
+        run(["fit", "--config", str(CONFIGS / "bm25neg.yaml"), "--config", str(path), "--print_config"])
     assert done.value.code in (0, None)
     resolved = yaml.safe_load(capsys.readouterr().out)
     flat = dict(leaves(resolved))
@@ -86,7 +86,7 @@ def tiny_config(tmp_path, tiny_beir, tiny_model_dir, cache_dir) -> Path:
 
 def test_fit_then_load_checkpoint_and_validate(tmp_path, tiny_beir, tiny_model_dir, cache_dir, capsys):
     config = tiny_config(tmp_path, tiny_beir, tiny_model_dir, cache_dir)
-    cli = main(["fit", "--config", str(config)])
+    cli = run(["fit", "--config", str(config)])
     run = tmp_path / "runs" / "tiny" / "version_0"
     assert (run / "config.yaml").exists()  # the fully resolved config, beside the checkpoints
     assert "max_epochs: 1" in (run / "config.yaml").read_text()
@@ -96,7 +96,7 @@ def test_fit_then_load_checkpoint_and_validate(tmp_path, tiny_beir, tiny_model_d
     loaded = BM25Negatives.load_from_checkpoint(ckpt)
     for (k, a), b in zip(cli.model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert a.equal(b), k
-    val = main(["validate", "--config", str(config), "--ckpt_path", str(ckpt)])
+    val = run(["validate", "--config", str(config), "--ckpt_path", str(ckpt)])
     assert val.trainer.callback_metrics["val/ndcg@10"] == cli.trainer.callback_metrics["val/ndcg@10"]
 
 
