@@ -87,12 +87,12 @@ def tiny_config(tmp_path, tiny_beir, tiny_model_dir, cache_dir) -> Path:
 def test_fit_then_load_checkpoint_and_validate(tmp_path, tiny_beir, tiny_model_dir, cache_dir, capsys):
     config = tiny_config(tmp_path, tiny_beir, tiny_model_dir, cache_dir)
     cli = run(["fit", "--config", str(config)])
-    run = tmp_path / "runs" / "tiny" / "version_0"
-    assert (run / "config.yaml").exists()  # the fully resolved config, beside the checkpoints
-    assert "max_epochs: 1" in (run / "config.yaml").read_text()
-    assert list((run / "runs").glob("dev-step*.trec"))
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    assert (run_dir / "config.yaml").exists()  # the fully resolved config, beside the checkpoints
+    assert "max_epochs: 1" in (run_dir / "config.yaml").read_text()
+    assert list((run_dir / "runs").glob("dev-step*.trec"))
     assert "Dev metrics after fit" in capsys.readouterr().out
-    ckpt = next((run / "checkpoints").glob("*.ckpt"))
+    ckpt = next((run_dir / "checkpoints").glob("*.ckpt"))
     loaded = BM25Negatives.load_from_checkpoint(ckpt)
     for (k, a), b in zip(cli.model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert a.equal(b), k
