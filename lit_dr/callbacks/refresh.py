@@ -107,8 +107,16 @@ class NegativeRefresh(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
         # Counted in optimizer steps: with gradient accumulation several micro-batches share one step.
-        if step > 0 and step != self.last_step and step % self.every_n_steps == 0:
+        if step > 0 and step != self.last_step and step % self.every_n_steps == 0 and not self._finished(trainer):
             self.refresh(trainer, pl_module)
+
+    @staticmethod
+    def _finished(trainer) -> bool:
+        """True after the last optimizer step of the fit: a table mined then would never be used."""
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            return True
+        return bool(trainer.is_last_batch and trainer.max_epochs is not None
+                    and trainer.current_epoch >= trainer.max_epochs - 1)
 
     # -- the refresh -------------------------------------------------------------------------------------
     def refresh(self, trainer: L.Trainer, pl_module) -> NegativesTable:
