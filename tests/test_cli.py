@@ -9,6 +9,7 @@ import yaml
 
 from lit_dr import BiEncoderModule, BM25Negatives, RetrievalDataModule
 from lit_dr.cli import LitDrCLI, run
+from lit_dr.metrics import read_trec_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OBJECTIVES = sorted(p for p in CONFIGS.glob("*.yaml"))
@@ -98,6 +99,10 @@ def test_fit_then_load_checkpoint_and_validate(tmp_path, tiny_beir, tiny_model_d
         assert a.equal(b), k
     val = run(["validate", "--config", str(config), "--ckpt_path", str(ckpt)])
     assert val.trainer.callback_metrics["val/ndcg@10"] == cli.trainer.callback_metrics["val/ndcg@10"]
+    run(["predict", "--config", str(config), "--ckpt_path", str(ckpt)])  # no test qrels: the dev queries
+    predicted = read_trec_run(next((tmp_path / "runs" / "tiny").glob("version_*/runs/predict-step*.trec")))
+    assert len(predicted) == len(val.datamodule.split_rows["dev"])
+    assert all(len(docs) == 64 for docs in predicted.values())  # every document of the tiny corpus, ranked
 
 
 def test_python_dash_m_entry_point():

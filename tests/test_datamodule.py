@@ -219,3 +219,19 @@ def test_token_store_batch_trims_padding(tiny_beir, tiny_model_dir, cache_dir):
     batch = store.batch([0, 1, 2])
     assert batch.input_ids.shape[1] == int(store.lengths[[0, 1, 2]].max())
     assert batch.input_ids.dtype == torch.int64
+
+
+def test_msmarco_layout(tmp_path, tiny_model_dir, cache_dir):
+    root = tmp_path / "marco"
+    root.mkdir()
+    (root / "collection.tsv").write_text("".join(f"{i}\tt{i % 8}w1 t{i % 8}w2 filler\n" for i in range(20)))
+    (root / "queries.train.tsv").write_text("".join(f"{100 + i}\tt{i % 8}w1\n" for i in range(10)))
+    (root / "queries.dev.tsv").write_text("200\tt3w2\n")
+    (root / "qrels.train.tsv").write_text("".join(f"{100 + i}\t0\t{i}\t1\n" for i in range(10)))
+    (root / "qrels.dev.tsv").write_text("200\t0\t3\t1\n")
+    (root / "negatives.train.tsv").write_text("100\t5,8\n")
+    dm = make_dm(root, tiny_model_dir, cache_dir, negatives="file", num_negatives=1, train_batch_size=2)
+    assert len(dm.corpus) == 20 and len(dm.queries) == 11
+    assert len(dm.split_rows["train"]) == 10 and [dm.queries.ids[r] for r in dm.split_rows["dev"]] == ["200"]
+    assert dm.negatives.candidates[dm.queries.row_of["100"]].tolist() == [5, 8]
+    assert dm.train_batch(dm.split_rows["train"][:2]).group_size == 2
