@@ -30,7 +30,14 @@ def bm25() -> dict[str, float]:
     from lit_dr.data.formats import iter_texts
     from lit_dr.metrics import retrieval_metrics
 
-    dm = cli("validate", "--config", str(ROOT / "configs/bm25neg.yaml"), "--trainer.limit_val_batches=0").datamodule
+    from lit_dr import BiEncoderModule, RetrievalDataModule
+    from lit_dr.cli import LitDrCLI
+
+    # The data module exactly as the fine-tuning config builds it (same tokenization, same dev split).
+    dm = LitDrCLI(BiEncoderModule, RetrievalDataModule, subclass_mode_model=True, run=False,
+                  args=["--config", str(ROOT / "configs/bm25neg.yaml")], auto_configure_optimizers=False).datamodule
+    dm.prepare_data()
+    dm.setup("validate")
     rows = dm.split_rows["dev"]
     corpus = [r.text for r in iter_texts(dm.files.corpus)]
     texts = {r.id: r.text for p in dm.files.queries for r in iter_texts(p)}
