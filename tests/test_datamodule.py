@@ -99,7 +99,7 @@ def test_negatives_are_reproducible_and_change_with_the_epoch(tiny_beir, tiny_mo
 
 
 def test_sampler_shards_and_skips_after_resume(tiny_beir, tiny_model_dir, cache_dir):
-    from lit_dr.data.datamodule import EpochSampler
+    from lit_dr.data.sampling import EpochSampler
 
     full = list(EpochSampler(24, seed=0, num_replicas=1, rank=0))
     assert sorted(full) == list(range(24))

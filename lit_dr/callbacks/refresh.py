@@ -13,7 +13,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from lit_dr.data.datamodule import NegativesTable
+from lit_dr.data.sampling import NegativesTable
 from lit_dr.mining import load_table, overlap, sample_negatives, save_table, table_digest
 from lit_dr.run_dir import run_directory
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from lit_dr.data.batches import EncodeBatch, TrainBatch
 from lit_dr.data.formats import (
@@ -23,6 +22,7 @@ from lit_dr.data.formats import (
     resolve_dataset,
     split_dev,
 )
+from lit_dr.data.sampling import EpochSampler, NegativesTable, draw_rows
 from lit_dr.data.token_store import TokenStore, build_store, store_key
 
 log = logging.getLogger(__name__)
@@ -30,36 +30,6 @@ log = logging.getLogger(__name__)
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("LIT_DR_CACHE", Path.home() / ".cache" / "lit_dr"))
-
-
-@dataclass(frozen=True)
-class NegativesTable:
-    """Candidate hard negatives per training query row (corpus rows), and for DANCE candidate negative queries
-    per positive document row (query rows). `version` counts refreshes; it seeds the draws from the table."""
-
-    candidates: dict[int, np.ndarray]
-    version: int = 0
-    source: str = ""
-    query_candidates: dict[int, np.ndarray] | None = None
-
-
-class EpochSampler(DistributedSampler):
-    """Shuffles per epoch (seeded), shards over processes, and after a mid-epoch resume skips the samples the
-    interrupted run had already consumed, so the resumed run sees exactly the batches it would have seen.
-
-    Being a DistributedSampler, Lightning keeps it under DDP instead of injecting its own, and calls `set_epoch`.
-    """
-
-    def __init__(self, n: int, seed: int, num_replicas: int, rank: int, skip: int = 0, skip_epoch: int = 0) -> None:
-        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.skip, self.skip_epoch = skip, skip_epoch
-
-    def __iter__(self):
-        indices = list(super().__iter__())
-        # Only the interrupted epoch is shortened; a checkpoint from its last batch resumes into the next one.
-        skip = self.skip if self.epoch == self.skip_epoch else 0
-        self.skip = 0
-        return iter(indices[skip:])
 
 
 def _as_rows(rows: list[int]) -> torch.Tensor:
@@ -271,11 +241,11 @@ class RetrievalDataModule(L.LightningDataModule):
         for q in query_rows.tolist():
             rng = np.random.default_rng([self.hparams.seed, self.epoch, self.negatives.version, q])
             positive = int(rng.choice(self.positives[q]))
-            docs += [positive, *self._draw(rng, self.negatives.candidates.get(q), h, len(self.corpus),
+            docs += [positive, *draw_rows(rng, self.negatives.candidates.get(q), h, len(self.corpus),
                                            self.relevance[q])]
             if k:
                 pool = (self.negatives.query_candidates or {}).get(positive)
-                neg_queries += self._draw(rng, pool, k, len(self.queries), self.relevant_queries(positive))
+                neg_queries += draw_rows(rng, pool, k, len(self.queries), self.relevant_queries(positive))
         doc_rows = np.asarray(docs, dtype=np.int64)  # (B * G,)
         judged = torch.tensor([[int(d) in self.relevance[q] for d in doc_rows] for q in query_rows])  # (B, B * G)
         return TrainBatch(
@@ -286,24 +256,6 @@ class RetrievalDataModule(L.LightningDataModule):
             judged_relevant=judged,
             negative_queries=self.queries.batch(np.asarray(neg_queries, dtype=np.int64)) if k else None,
         )
-
-    @staticmethod
-    def _draw(rng: np.random.Generator, pool: np.ndarray | None, n: int, population: int, exclude) -> list[int]:
-        """n distinct rows uniformly from `pool`; if it holds fewer, topped up with random rows not in `exclude`."""
-        if n == 0:
-            return []
-        pool = np.empty(0, dtype=np.int64) if pool is None else pool
-        if len(pool) >= n:
-            return rng.choice(pool, size=n, replace=False).tolist()
-        chosen, taken = pool.tolist(), set(pool.tolist()) | set(exclude)
-        if population - len(taken) < n - len(chosen):
-            raise ValueError(f"cannot draw {n} negatives: only {population} rows, {len(taken)} excluded")
-        while len(chosen) < n:
-            r = int(rng.integers(population))
-            if r not in taken:
-                chosen.append(r)
-                taken.add(r)
-        return chosen
 
     def relevant_queries(self, doc_row: int) -> set[int]:
         """Query rows for which `doc_row` is judged relevant (DANCE drops them from the negative queries)."""

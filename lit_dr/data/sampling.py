@@ -1,0 +1,56 @@
+"""How training examples are drawn: the negatives table, the epoch sampler, uniform draws of rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import DistributedSampler
+
+
+@dataclass(frozen=True)
+class NegativesTable:
+    """Candidate hard negatives per training query row (corpus rows), and for DANCE candidate negative queries
+    per positive document row (query rows). `version` counts refreshes; it seeds the draws from the table."""
+
+    candidates: dict[int, np.ndarray]
+    version: int = 0
+    source: str = ""
+    query_candidates: dict[int, np.ndarray] | None = None
+
+
+class EpochSampler(DistributedSampler):
+    """Shuffles per epoch (seeded), shards over processes, and after a mid-epoch resume skips the samples the
+    interrupted run had already consumed, so the resumed run sees exactly the batches it would have seen.
+
+    Being a DistributedSampler, Lightning keeps it under DDP instead of injecting its own, and calls `set_epoch`.
+    """
+
+    def __init__(self, n: int, seed: int, num_replicas: int, rank: int, skip: int = 0, skip_epoch: int = 0) -> None:
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.skip, self.skip_epoch = skip, skip_epoch
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        # Only the interrupted epoch is shortened; a checkpoint from its last batch resumes into the next one.
+        skip = self.skip if self.epoch == self.skip_epoch else 0
+        self.skip = 0
+        return iter(indices[skip:])
+
+
+def draw_rows(rng: np.random.Generator, pool: np.ndarray | None, n: int, population: int, exclude) -> list[int]:
+    """n distinct rows uniformly from `pool`; if it holds fewer, topped up with random rows not in `exclude`."""
+    if n == 0:
+        return []
+    pool = np.empty(0, dtype=np.int64) if pool is None else pool
+    if len(pool) >= n:
+        return rng.choice(pool, size=n, replace=False).tolist()
+    chosen, taken = pool.tolist(), set(pool.tolist()) | set(exclude)
+    if population - len(taken) < n - len(chosen):
+        raise ValueError(f"cannot draw {n} negatives: only {population} rows, {len(taken)} excluded")
+    while len(chosen) < n:
+        r = int(rng.integers(population))
+        if r not in taken:
+            chosen.append(r)
+            taken.add(r)
+    return chosen
