@@ -97,6 +97,7 @@ class BiEncoderModule(L.LightningModule):
         towers = {k: v for k, v in state.items() if k.startswith(("encoder.", "doc_encoder."))}
         missing, unexpected = self.load_state_dict(towers, strict=False)
         missing = [k for k in missing if k.startswith(("encoder.", "doc_encoder."))]
+        unexpected = [k for k in unexpected if ".pooler." not in k]  # older checkpoints kept HF's unused pooler
         if missing or unexpected:
             raise ValueError(f"{path}: tower weights do not match this module: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
