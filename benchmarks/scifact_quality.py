@@ -26,12 +26,11 @@ def cli(*args: str):
 
 
 def bm25() -> dict[str, float]:
+    from lit_dr import BiEncoderModule, RetrievalDataModule
     from lit_dr.bm25 import bm25_search
+    from lit_dr.cli import LitDrCLI
     from lit_dr.data.formats import iter_texts
     from lit_dr.metrics import retrieval_metrics
-
-    from lit_dr import BiEncoderModule, RetrievalDataModule
-    from lit_dr.cli import LitDrCLI
 
     # The data module exactly as the fine-tuning config builds it (same tokenization, same dev split).
     dm = LitDrCLI(BiEncoderModule, RetrievalDataModule, subclass_mode_model=True, run=False,
