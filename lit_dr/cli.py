@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from lit_dr.atomic import atomic_file
 from lit_dr.data.datamodule import RetrievalDataModule
 from lit_dr.modules.base import BiEncoderModule
 from lit_dr.run_dir import run_directory
@@ -21,12 +21,8 @@ class SaveRunConfig(SaveConfigCallback):
     def save_config(self, trainer, pl_module, stage: str) -> None:
         if not trainer.is_global_zero:
             return
-        directory = run_directory(trainer)
-        directory.mkdir(parents=True, exist_ok=True)
-        text = self.parser.dump(self.config, skip_none=False)
-        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-            f.write(text)
-        os.replace(f.name, directory / self.config_filename)
+        with atomic_file(run_directory(trainer) / self.config_filename) as f:
+            f.write(self.parser.dump(self.config, skip_none=False))
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": self.config.as_dict()})
 

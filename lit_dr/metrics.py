@@ -12,13 +12,13 @@ Conventions shared by `retrieval_metrics` and `trec_eval_metrics` (so the two ag
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from lit_dr.atomic import atomic_file
 
 METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
 _DEEPEST = 1000  # the deepest cutoff among METRIC_NAMES
@@ -135,24 +135,15 @@ def write_trec_run(
     Each query's lines are sorted by score (ties in slot order) and ranked from 1.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for q, qid in enumerate(qids):
-                valid = doc_rows[q] >= 0
-                rows, s = doc_rows[q][valid], scores[q][valid]
-                order = np.argsort(-s, kind="stable")
-                # str() of a numpy scalar is the shortest text that round-trips in its own dtype.
-                f.writelines(
-                    f"{qid} Q0 {doc_ids[int(rows[i])]} {rank} {s[i]!s} {tag}\n"
-                    for rank, i in enumerate(order, start=1)
-                )
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a run file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        for q, qid in enumerate(qids):
+            valid = doc_rows[q] >= 0
+            rows, s = doc_rows[q][valid], scores[q][valid]
+            order = np.argsort(-s, kind="stable")
+            # str() of a numpy scalar is the shortest text that round-trips in its own dtype.
+            f.writelines(
+                f"{qid} Q0 {doc_ids[int(rows[i])]} {rank} {s[i]!s} {tag}\n" for rank, i in enumerate(order, start=1)
+            )
     return path
 
 

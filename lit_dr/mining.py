@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lit_dr.atomic import atomic_file
+
 
 @dataclass
 class Mined:
@@ -76,9 +78,6 @@ def table_digest(*tables: Mapping[int, np.ndarray] | None) -> str:
 
 def save_table(path, candidates: Mapping[int, np.ndarray], query_candidates: Mapping[int, np.ndarray] | None) -> None:
     """Write the tables as CSR arrays in one .npz, through a temporary file renamed into place."""
-    import os
-    import tempfile
-
     def csr(table):
         keys = np.array(sorted(table), dtype=np.int64)
         lengths = np.array([len(table[k]) for k in keys], dtype=np.int64)
@@ -88,10 +87,8 @@ def save_table(path, candidates: Mapping[int, np.ndarray], query_candidates: Map
     arrays = dict(zip(("keys", "offsets", "values"), csr(candidates), strict=True))
     if query_candidates is not None:
         arrays.update(zip(("q_keys", "q_offsets", "q_values"), csr(query_candidates), strict=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+    with atomic_file(path, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(f.name, path)
 
 
 def load_table(path) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray] | None]:
