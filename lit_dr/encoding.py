@@ -1,9 +1,11 @@
-"""Encoding a whole token store (corpus or queries) with the current model, sharded over processes."""
+"""Encoding a whole token store (corpus or queries) with the current model: in memory, or to shard files on disk
+with each process of a job encoding its own contiguous share."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,6 +13,31 @@ from torch import Tensor
 
 from lit_dr.data.batches import TokenBatch
 from lit_dr.data.token_store import TokenStore
+from lit_dr.embeddings import (
+    EmbeddingDtype,
+    EmbeddingShards,
+    finish_shard,
+    open_shard_for_writing,
+    shard_path,
+    token_balanced_bounds,
+    write_meta,
+)
+
+# A factory, not a context: each batch enters a fresh one. Lightning's `forward_context()` is a generator-based
+# context manager that can be entered only once; reusing one across batches crashed every GPU run at batch two.
+AutocastFactory = Callable[[], contextlib.AbstractContextManager]
+
+
+def autocast_on(device: torch.device) -> bool:
+    """Half-precision autocast only on accelerators: on CPU bf16 is hundreds of times slower than fp32."""
+    return torch.device(device).type != "cpu"
+
+
+def autocast_factory(precision_plugin, device: torch.device | str) -> AutocastFactory:
+    """Fresh inference autocast contexts of the trainer's precision (e.g. bf16-mixed) on `device`, none on CPU."""
+    if precision_plugin is None or not autocast_on(torch.device(device)):
+        return contextlib.nullcontext
+    return precision_plugin.forward_context
 
 
 def length_sorted_chunks(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -23,67 +50,101 @@ def length_sorted_chunks(lengths: np.ndarray, batch_size: int) -> list[np.ndarra
 
 
 @torch.inference_mode()
+def iter_encoded(
+    encode: Callable[[TokenBatch], Tensor],
+    store: TokenStore,
+    rows: np.ndarray,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    autocast: AutocastFactory | None = None,
+    show_progress: bool = True,
+    desc: str = "encode",
+) -> Iterator[tuple[np.ndarray, Tensor]]:
+    """(positions in `rows`, (n, H) float32 CPU embeddings) for length-sorted batches of `store` rows."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    autocast = autocast or contextlib.nullcontext
+    with tqdm(total=len(rows), desc=desc, unit=" texts", disable=not show_progress, leave=False) as bar:
+        for positions in length_sorted_chunks(store.lengths[rows], batch_size):
+            batch = store.batch(rows[positions]).to(device)
+            with autocast():  # entered once per batch
+                emb = encode(batch).float()  # (n, H)
+            yield positions, emb.cpu()
+            bar.update(len(positions))
+
+
 def encode_store(
     encode: Callable[[TokenBatch], Tensor],
     store: TokenStore,
     rows: np.ndarray | None = None,
-    batch_size: int = 128,
-    device: torch.device | str = "cpu",
-    autocast: contextlib.AbstractContextManager | None = None,
-    show_progress: bool = True,
-    desc: str = "encode",
-) -> Tensor:
-    """(len(rows), H) float32 CPU embeddings of `store` rows (all rows when None), in the order of `rows`."""
-    from tqdm.auto import tqdm
-
-    rows = np.arange(len(store)) if rows is None else np.asarray(rows, dtype=np.int64)
-    out: Tensor | None = None
-    device = torch.device(device)
-    # Half-precision autocast only on accelerators: on CPU bf16 is hundreds of times slower than fp32.
-    context = autocast if (autocast is not None and device.type != "cpu") else contextlib.nullcontext()
-    with tqdm(total=len(rows), desc=desc, unit=" texts", disable=not show_progress, leave=False) as bar:
-        for positions in length_sorted_chunks(store.lengths[rows], batch_size):
-            batch = store.batch(rows[positions]).to(device)
-            with context:
-                emb = encode(batch).float()  # (n, H)
-            if out is None:
-                out = torch.empty(len(rows), emb.shape[1])
-            out[torch.from_numpy(positions)] = emb.cpu()
-            bar.update(len(positions))
-    assert out is not None, "nothing to encode"
-    return out
-
-
-def encode_store_sharded(
-    encode: Callable[[TokenBatch], Tensor],
-    store: TokenStore,
-    all_gather: Callable[[Tensor], Tensor] | None,
-    rows: np.ndarray | None = None,
-    rank: int = 0,
-    world_size: int = 1,
     **kwargs,
 ) -> Tensor:
-    """(len(rows), H) embeddings of `store` rows (all when None), each process encoding 1/world_size of them.
+    """(len(rows), H) float32 CPU embeddings of `store` rows (all rows when None), in the order of `rows`.
 
-    Rows are dealt out round-robin in length order so every process gets the same amount of work; the shards
-    are padded to one size, gathered with `all_gather` ((n, ...) -> (world_size, n, ...)), and put back in place.
-    Every process returns the full matrix.
+    Holds the whole result in memory: for a corpus, `encode_to_shards` writes it to disk instead.
+    kwargs: those of `iter_encoded`.
     """
     rows = np.arange(len(store)) if rows is None else np.asarray(rows, dtype=np.int64)
-    if world_size == 1 or all_gather is None:
-        return encode_store(encode, store, rows=rows, **kwargs)
-    order = np.argsort(-store.lengths[rows], kind="stable")
-    mine = np.sort(order[rank::world_size])  # positions in `rows`
-    emb = encode_store(encode, store, rows=rows[mine], **kwargs)  # (n_r, H)
-    width = -(-len(rows) // world_size)
-    padded = torch.zeros(width, emb.shape[1])
-    padded[: len(mine)] = emb
-    positions = torch.full((width,), -1, dtype=torch.long)
-    positions[: len(mine)] = torch.from_numpy(mine)
-    device = kwargs.get("device", "cpu")
-    all_emb = all_gather(padded.to(device)).reshape(-1, emb.shape[1]).cpu()  # (W * width, H)
-    all_pos = all_gather(positions.to(device)).reshape(-1).cpu()  # (W * width,)
-    keep = all_pos >= 0
-    out = torch.empty(len(rows), emb.shape[1])
-    out[all_pos[keep]] = all_emb[keep]
+    out: Tensor | None = None
+    for positions, emb in iter_encoded(encode, store, rows, **kwargs):
+        if out is None:
+            out = torch.empty(len(rows), emb.shape[1])
+        out[torch.from_numpy(positions)] = emb
+    if out is None:
+        raise ValueError("nothing to encode: no rows")
     return out
+
+
+def encode_shard(
+    encode: Callable[[TokenBatch], Tensor],
+    store: TokenStore,
+    directory: str | Path,
+    dim: int,
+    rank: int = 0,
+    world_size: int = 1,
+    rows: np.ndarray | None = None,
+    dtype: EmbeddingDtype = "float32",
+    **kwargs,
+) -> None:
+    """This process's part of `encode_to_shards`: encode its share of `store` rows (all when None), a contiguous
+    range balanced by token count, into its own memory-mapped shard; process 0 also writes `meta.json`.
+
+    Memory: one batch of embeddings at a time; the shard's pages belong to the file, not to the process.
+    kwargs: those of `iter_encoded`.
+    """
+    directory = Path(directory)
+    rows = np.arange(len(store)) if rows is None else np.asarray(rows, dtype=np.int64)
+    bounds = token_balanced_bounds(store.lengths[rows], world_size)  # (W + 1,)
+    mine = rows[bounds[rank] : bounds[rank + 1]]
+    path = shard_path(directory, rank, world_size)
+    out, tmp = open_shard_for_writing(path, len(mine), dim, dtype)
+    if len(mine):
+        for positions, emb in iter_encoded(encode, store, mine, **kwargs):
+            if emb.shape[1] != dim:
+                raise ValueError(f"the encoder gives {emb.shape[1]}-dim embeddings, {dim} were announced")
+            out[positions] = emb.numpy().astype(dtype, copy=False)
+    finish_shard(out, tmp, path)
+    if rank == 0:
+        write_meta(directory, bounds, dim, dtype)
+
+
+def encode_to_shards(
+    encode: Callable[[TokenBatch], Tensor],
+    store: TokenStore,
+    directory: str | Path,
+    dim: int,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] | None = None,
+    **kwargs,
+) -> EmbeddingShards:
+    """Encode `store` rows into `directory`, each process of the job writing its share (`encode_shard`); then all
+    wait at `barrier` and every one returns the same `EmbeddingShards` view (row i = the i-th of `rows`).
+
+    Needs a directory every process can read (one node, or a shared filesystem). kwargs: those of `encode_shard`.
+    """
+    encode_shard(encode, store, directory, dim, rank, world_size, **kwargs)
+    if barrier is not None and world_size > 1:
+        barrier()  # every shard and meta.json are in place before anyone reads
+    return EmbeddingShards(directory)

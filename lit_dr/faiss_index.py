@@ -1,7 +1,8 @@
 """FAISS reached through small plain functions over arrays (in the manner of `faiss.contrib`).
 
 `faiss` is imported lazily so that the library imports without it; choose the build at install time
-(`lit-dr[cpu]` or `lit-dr[gpu]`). GPU use is an explicit argument and never a silent fallback.
+(`lit-dr[cpu]` or `lit-dr[gpu]`). GPU use is an explicit argument (one GPU: this process's) and never a silent
+fallback here; `lit_dr.search` decides, in one place, what runs where.
 """
 
 from __future__ import annotations
@@ -37,17 +38,29 @@ def _as_f32_rows(x: np.ndarray) -> np.ndarray:
 def _check_gpu(faiss: Any) -> None:
     if not hasattr(faiss, "StandardGpuResources"):
         raise RuntimeError(
-            "use_gpu=True but the installed FAISS has no GPU support: pip install 'lit-dr[gpu]' (faiss-gpu-cu12)"
+            "a GPU index was asked for, but the installed FAISS has no GPU support: pip install 'lit-dr[gpu]' (faiss-gpu-cu12)"
         )
     if faiss.get_num_gpus() < 1:
-        raise RuntimeError("use_gpu=True but FAISS sees no GPU (faiss.get_num_gpus() == 0)")
+        raise RuntimeError("a GPU index was asked for, but FAISS sees no GPU (faiss.get_num_gpus() == 0)")
+
+
+_GPU_RESOURCES: dict[int, Any] = {}
+
+
+def to_gpu(index: faiss.Index, device: int) -> faiss.Index:
+    """A copy of `index` on GPU `device`; the device's FAISS resources live as long as the process."""
+    faiss = import_faiss()
+    _check_gpu(faiss)
+    if device not in _GPU_RESOURCES:
+        _GPU_RESOURCES[device] = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(_GPU_RESOURCES[device], device, index)
 
 
 def build_index(
     embeddings: np.ndarray,
     factory: str = "Flat",
     metric: Literal["ip", "l2"] = "ip",
-    use_gpu: bool = False,
+    gpu_device: int | None = None,
     train_sample: int | None = 100_000,
     seed: int = 0,
 ) -> faiss.Index:
@@ -56,8 +69,9 @@ def build_index(
     Args:
         embeddings: (N, H) document embeddings; converted to float32 one block at a time if needed.
         metric: "ip" (inner product, higher is better) or "l2" (squared distance, lower is better).
-        use_gpu: clone the index onto all visible GPUs (`index_cpu_to_all_gpus`) before training/adding;
-            RuntimeError when FAISS has no GPU build or sees no GPU.
+        gpu_device: clone the index onto this GPU before training and adding (under DDP, the process's own
+            device: cloning onto every GPU from every process would put N copies on each); RuntimeError when
+            FAISS has no GPU build or sees no GPU.
         train_sample: indexes that need training (IVF, PQ) train on a uniform sample of at most this
             many rows drawn with `seed`; None trains on all rows.
     Returns:
@@ -66,7 +80,7 @@ def build_index(
     faiss = import_faiss()
     if embeddings.ndim != 2:
         raise ValueError(f"embeddings must be (N, H), got shape {embeddings.shape}")
-    if use_gpu:
+    if gpu_device is not None:
         _check_gpu(faiss)  # before any work: a GPU run must not quietly build on CPU
     n, dim = embeddings.shape
     metric_type = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}[metric]
@@ -74,9 +88,9 @@ def build_index(
         index = faiss.index_factory(dim, factory, metric_type)
     except RuntimeError as err:
         raise ValueError(f"invalid FAISS factory string {factory!r}: {err}") from err
-    if use_gpu:
+    if gpu_device is not None:
         try:
-            index = faiss.index_cpu_to_all_gpus(index)
+            index = to_gpu(index, gpu_device)
         except RuntimeError as err:
             raise RuntimeError(f"FAISS cannot move index {factory!r} to GPU: {err}") from err
 

@@ -130,4 +130,4 @@ def test_use_gpu_without_gpu_fails_loudly() -> None:
         pytest.skip("a GPU is available")
     doc, _ = _data(n=10)
     with pytest.raises(RuntimeError, match="GPU"):
-        build_index(doc, "Flat", use_gpu=True)
+        build_index(doc, "Flat", gpu_device=0)

@@ -16,6 +16,7 @@ import torch
 from lit_dr.data.sampling import NegativesTable
 from lit_dr.mining import load_table, overlap, sample_negatives, save_table, table_digest
 from lit_dr.run_dir import run_directory
+from lit_dr.search import even_share
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ class NegativeRefresh(L.Callback):
     With `mine_queries` (DANCE) it also indexes the training queries and draws `num_negative_queries` negative
     queries for each positive document from its top `query_depth`, dropping queries it is relevant to.
 
-    Under DDP every process encodes its share, the shards are gathered, and every process searches and draws
-    the same (the draw is seeded by seed, generation and row), so all hold the same table.
+    Under DDP every process encodes its share of the corpus and of the queries to disk, searches the whole corpus
+    for its own queries, and the rankings are gathered; every process then draws the same (the draw is seeded by
+    seed, generation and row), so all hold the same table.
     State in the checkpoint: generation, step of the last refresh, table file and digest. A resumed run reloads
     the table; a refresh whose table file was already written before a crash is loaded, not recomputed.
 
@@ -38,7 +40,8 @@ class NegativeRefresh(L.Callback):
         every_n_steps: optimizer steps between refreshes (ANCE: 10k; a checkpoint per refresh is not needed).
         before_first_step: mine once before training starts (ANCE starts from its warm start's negatives).
         depth / num_negatives / skip: ANCE: top 200, 20 drawn uniformly, from rank 0.
-        index_factory / faiss_gpu: the FAISS index to mine with ("Flat" is exact, as ANCE's code).
+        index_factory: the FAISS index to mine with ("Flat" is exact, as ANCE's code). Where it runs follows the
+            model's device, as for evaluation (`lit_dr.search.search_backend`).
         table_dir: where tables go; default `negatives/` in the run's directory.
         timeout_s: how long a process waits for the others at the start of a refresh before failing.
     """
@@ -51,7 +54,6 @@ class NegativeRefresh(L.Callback):
         num_negatives: int = 20,
         skip: int = 0,
         index_factory: str = "Flat",
-        faiss_gpu: bool = False,
         mine_queries: bool = False,
         query_depth: int = 200,
         num_negative_queries: int = 20,
@@ -62,7 +64,7 @@ class NegativeRefresh(L.Callback):
         self.every_n_steps = every_n_steps
         self.before_first_step = before_first_step
         self.depth, self.num_negatives, self.skip = depth, num_negatives, skip
-        self.index_factory, self.faiss_gpu = index_factory, faiss_gpu
+        self.index_factory = index_factory
         self.mine_queries, self.query_depth, self.num_negative_queries = mine_queries, query_depth, num_negative_queries
         self.table_dir = table_dir
         self.seed, self.timeout_s = seed, timeout_s
@@ -147,8 +149,6 @@ class NegativeRefresh(L.Callback):
         return trainer.datamodule.negatives
 
     def _mine(self, trainer, pl_module, generation: int):
-        from lit_dr.faiss_index import build_index, search
-
         dm = trainer.datamodule
         train = dm.split_rows["train"]
         times: dict[str, float] = {}
@@ -159,14 +159,16 @@ class NegativeRefresh(L.Callback):
             yield
             times[f"time_{name}_s"] = time.perf_counter() - start
 
+        # Embeddings go to disk, each process writing its share; each process then searches the whole corpus
+        # for the training queries it encoded itself, and the rankings are gathered (`lit_dr.search`).
         with phase("encode_corpus"):
-            docs = pl_module.embed("doc")  # (N, H)
+            docs = pl_module.corpus_embeddings()  # (N, H) on disk
         with phase("encode_queries"):
-            queries = pl_module.embed("query", train)  # (Q, H)
-        with phase("build_index"):
-            index = build_index(docs.numpy(), self.index_factory, use_gpu=self.faiss_gpu)
+            queries = pl_module.embed_to_files("query", train, f"train-queries-g{generation:04d}")  # (Q, H)
         with phase("search"):
-            _, ranked = search(index, queries.numpy(), k=min(self.depth, len(dm.corpus)))  # (Q, depth)
+            mine = queries.shard(trainer.global_rank)  # (Q_r, H): this process's queries
+            _, ranked = pl_module.search(docs, mine, min(self.depth, len(dm.corpus)), self.index_factory,
+                                         share=False)  # (Q, depth), every process's queries
         with phase("sample"):
             mined = sample_negatives(ranked, train, [set(dm.relevance[q]) for q in train], self.num_negatives,
                                      self.skip, self.seed, generation)
@@ -174,13 +176,15 @@ class NegativeRefresh(L.Callback):
         if self.mine_queries:
             with phase("mine_queries"):
                 positives = np.array(sorted({int(p) for q in train for p in dm.positives[q]}), dtype=np.int64)
-                query_index = build_index(queries.numpy(), "Flat", use_gpu=self.faiss_gpu)
-                _, near = search(query_index, docs[positives].numpy(), k=min(self.query_depth, len(train)))
+                share = positives[even_share(len(positives), trainer.global_rank, trainer.world_size)]
+                _, near = pl_module.search(queries, docs.take(share), min(self.query_depth, len(train)), "Flat",
+                                           share=False)  # (P, query_depth) positions in `train`
                 near = np.where(near >= 0, train[np.maximum(near, 0)], -1)  # positions -> query rows
                 query_candidates = sample_negatives(
                     near, positives, [dm.relevant_queries(d) for d in positives], self.num_negative_queries, 0,
                     self.seed, generation,
                 ).candidates
+        pl_module.remove_embeddings(queries)  # every process is past the searches' gathers
         times["time_total_s"] = sum(times.values())
         return mined.candidates, query_candidates, {**mined.stats, **times}
 

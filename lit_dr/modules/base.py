@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -12,12 +12,15 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from lit_dr.data.batches import EncodeBatch, TokenBatch, TrainBatch
+from lit_dr.embeddings import EmbeddingDtype, EmbeddingShards
 from lit_dr.encoder import Encoder
-from lit_dr.encoding import encode_store_sharded
+from lit_dr.encoding import AutocastFactory, autocast_factory, encode_to_shards
 from lit_dr.run_dir import run_directory
+from lit_dr.search import Processes, even_share, search_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 class Retrieval:
     query_rows: np.ndarray  # (Q,) rows in the query store
     queries: Tensor  # (Q, H)
-    docs: Tensor  # (N, H) the whole corpus
+    docs: EmbeddingShards  # (N, H) the whole corpus, on disk
     scores: np.ndarray  # (Q, k)
     ranked: np.ndarray  # (Q, k) corpus rows, best first
 
@@ -44,11 +47,13 @@ class BiEncoderModule(L.LightningModule):
         doc_encoder: a separate document tower (asymmetric bi-encoder), or None to share `encoder`.
         optimizer / scheduler: injected factories (`OptimizerCallable`, `LRSchedulerCallable`); the scheduler
             steps every optimizer step.
-        index_factory: FAISS factory string for evaluation ("Flat" is exact search).
-        faiss_gpu: build the evaluation index on the GPU (needs a GPU build of faiss).
+        index_factory: FAISS factory string for evaluation ("Flat" is exact search). Where search runs follows
+            the model's device (`lit_dr.search.search_backend`): GPU training searches on the GPU.
         eval_depth: documents retrieved per query (the run file holds this many).
         run_dir: where TREC run files go; default `runs/` in the run's directory (beside its checkpoints).
         init_checkpoint: a Lightning checkpoint whose towers' weights initialise this module (warm start).
+        embedding_dtype: how corpus embeddings are stored on disk (float16 halves the files; search is float32).
+        embedding_dir: where embedding files go; default `embeddings/` in the run's directory.
     """
 
     def __init__(
@@ -58,10 +63,11 @@ class BiEncoderModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         index_factory: str = "Flat",
-        faiss_gpu: bool = False,
         eval_depth: int = 1000,
         run_dir: str | None = None,
         init_checkpoint: str | None = None,
+        embedding_dtype: EmbeddingDtype = "float32",
+        embedding_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "doc_encoder"])
@@ -78,6 +84,8 @@ class BiEncoderModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self._eval_outputs: list[tuple[Tensor, Tensor]] = []
+        self._corpus_cache: tuple[int, EmbeddingShards] | None = None  # (global step, its corpus embeddings)
+        self._embedding_root: Path | None = None
         if init_checkpoint is not None:
             self.load_tower_weights(init_checkpoint)
 
@@ -154,29 +162,69 @@ class BiEncoderModule(L.LightningModule):
     def _show_progress(self) -> bool:
         return self.global_rank == 0 and self.trainer.progress_bar_callback is not None
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return self.trainer.precision_plugin.forward_context()
+    def _autocast(self) -> AutocastFactory:
+        return autocast_factory(self.trainer.precision_plugin, self.device)
 
-    def embed(self, side: Literal["query", "doc"], rows: np.ndarray | None = None) -> Tensor:
-        """(len(rows), H) embeddings of query-store or corpus rows (all when None) with the current towers,
-        encoded in eval and inference mode, sharded over processes; identical on every process."""
+    def processes(self) -> Processes:
+        """This process's rank, device and collectives, for the sharded encoding and search helpers."""
+        world = self.trainer.world_size
+        return Processes(rank=self.global_rank, world_size=world, device=self.device,
+                         all_gather=self.all_gather if world > 1 else None, barrier=self.trainer.strategy.barrier)
+
+    def embedding_root(self) -> Path:
+        """Where embedding files go: `embedding_dir`, else `embeddings/` in the run directory (same on every process)."""
+        if self._embedding_root is None:
+            root = self.hparams.embedding_dir or str(run_directory(self.trainer) / "embeddings")
+            # Loggers may name the run differently on other ranks: process 0's choice holds.
+            self._embedding_root = Path(self.trainer.strategy.broadcast(root))
+        return self._embedding_root
+
+    def embed_to_files(self, side: Literal["query", "doc"], rows: np.ndarray | None, name: str) -> EmbeddingShards:
+        """Embeddings of query-store or corpus rows (all when None) with the current towers, written to
+        `embedding_root()/name` shard by shard (each process encodes its share; eval and inference mode)."""
         dm = self.trainer.datamodule
         store, encode = (dm.queries, self.encode_queries) if side == "query" else (dm.corpus, self.encode_docs)
+        tower = self.encoder if side == "query" else self.document_tower
+        directory = self.embedding_root() / name
+        if self.global_rank == 0 and directory.exists():  # a leftover of an interrupted run
+            shutil.rmtree(directory)
+        self.trainer.strategy.barrier()
         was_training = self.training
         self.eval()
         try:
-            return encode_store_sharded(
-                encode, store, self.all_gather, rows=rows, rank=self.global_rank,
-                world_size=self.trainer.world_size, batch_size=dm.hparams.eval_batch_size, device=self.device,
+            procs = self.processes()
+            return encode_to_shards(
+                encode, store, directory, tower.dim, procs.rank, procs.world_size, procs.barrier, rows=rows,
+                dtype=self.hparams.embedding_dtype, batch_size=dm.hparams.eval_batch_size, device=self.device,
                 autocast=self._autocast(), show_progress=self._show_progress,
                 desc="encode corpus" if side == "doc" else "encode queries",
             )
         finally:
             self.train(was_training)
 
-    def corpus_embeddings(self) -> Tensor:
-        """(N, H) embeddings of the whole corpus with the current document tower, identical on every process."""
-        return self.embed("doc")
+    def remove_embeddings(self, embeddings: EmbeddingShards) -> None:
+        """Delete embedding files nobody needs any more (process 0; call after the last collective that used them)."""
+        if self.global_rank == 0:
+            shutil.rmtree(embeddings.directory, ignore_errors=True)
+
+    def corpus_embeddings(self) -> EmbeddingShards:
+        """The whole corpus embedded by the current document tower, on disk. Within a fit, encoded once per
+        optimizer step: a refresh and a validation at the same step share it. Only the latest is kept."""
+        fitting = self.trainer.state.fn == TrainerFn.FITTING
+        if fitting and self._corpus_cache is not None and self._corpus_cache[0] == self.global_step:
+            return self._corpus_cache[1]
+        previous = self._corpus_cache[1] if self._corpus_cache is not None else None
+        embeddings = self.embed_to_files("doc", None, f"corpus-step{self.global_step:07d}")
+        if previous is not None and previous.directory != embeddings.directory:
+            self.remove_embeddings(previous)
+        self._corpus_cache = (self.global_step, embeddings) if fitting else None
+        return embeddings
+
+    def on_fit_start(self) -> None:
+        self._corpus_cache = None  # weights may come from a checkpoint now
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._corpus_cache = None
 
     def _gathered_queries(self) -> tuple[np.ndarray, Tensor]:
         rows = torch.cat([r for r, _ in self._eval_outputs])  # (n,)
@@ -188,21 +236,30 @@ class BiEncoderModule(L.LightningModule):
         unique, first = np.unique(rows.numpy(), return_index=True)
         return unique, emb[torch.from_numpy(first)]
 
-    def extra_eval_metrics(self, query_rows: np.ndarray, queries: Tensor, docs: Tensor) -> dict[str, float]:
-        """Objective-specific evaluation figures from the evaluated queries' (Q, H) and the corpus' (N, H)
-        embeddings (DANCE: alignment and uniformity). Logged beside the retrieval metrics."""
+    def extra_eval_metrics(self, query_rows: np.ndarray, queries: Tensor, docs: EmbeddingShards) -> dict[str, float]:
+        """Objective-specific evaluation figures from the evaluated queries' (Q, H) embeddings and the corpus'
+        (DANCE: alignment and uniformity). Logged beside the retrieval metrics."""
         return {}
+
+    def search(self, embeddings: EmbeddingShards, queries: np.ndarray, k: int, factory: str,
+               share: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k) scores and rows of `embeddings` for (Q, H) queries held by every process (`share`: each
+        process searches its contiguous share and the results are gathered), or for this process's own
+        queries (`share=False`: the results of all processes come back, in rank order)."""
+        procs = self.processes()
+        if share:
+            queries = queries[even_share(len(queries), procs.rank, procs.world_size)]
+        return search_embeddings(embeddings, queries, k, factory, procs)
 
     def retrieve(self, split: str) -> Retrieval:
         """Search the corpus for the queries collected in this loop; writes the TREC run file (global rank 0)."""
-        from lit_dr.faiss_index import build_index, search
         from lit_dr.metrics import write_trec_run
 
         dm = self.trainer.datamodule
         query_rows, queries = self._gathered_queries()
         docs = self.corpus_embeddings()
-        index = build_index(docs.numpy(), self.hparams.index_factory, use_gpu=self.hparams.faiss_gpu)
-        scores, ranked = search(index, queries.numpy(), k=min(self.hparams.eval_depth, len(dm.corpus)))
+        k = min(self.hparams.eval_depth, len(dm.corpus))
+        scores, ranked = self.search(docs, queries.numpy(), k, self.hparams.index_factory)
         if self.global_rank == 0:
             run_dir = Path(self.hparams.run_dir or run_directory(self.trainer) / "runs")
             path = run_dir / f"{split}-step{self.global_step:07d}.trec"
@@ -216,6 +273,6 @@ class BiEncoderModule(L.LightningModule):
         r = self.retrieve(split)
         metrics = retrieval_metrics(r.scores, r.ranked, self.trainer.datamodule.relevance_for(r.query_rows))
         metrics.update(self.extra_eval_metrics(r.query_rows, r.queries, r.docs))
-        # Every process computed the same numbers from the same gathered embeddings: no sync needed.
+        # Every process computed the same numbers from the same gathered rankings: no sync needed.
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False)
         return metrics

@@ -8,36 +8,44 @@ import torch
 from torch import Tensor
 
 from lit_dr.data.batches import TrainBatch
+from lit_dr.embeddings import EmbeddingShards
 from lit_dr.losses import alignment, dual_two_way_nll, two_way_nll, uniformity
 from lit_dr.modules.base import BiEncoderModule
 
 
 def embedding_geometry(
-    queries: Tensor, docs: Tensor, relevance: list[dict[int, int]], sample: int = 4096, seed: int = 0
+    queries: Tensor, docs: Tensor | EmbeddingShards, relevance: list[dict[int, int]], sample: int = 4096,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Alignment of queries with their relevant documents, and uniformity of each side (Wang & Isola 2020).
 
     Args:
-        queries: (Q, H).  docs: (N, H) the whole corpus.
+        queries: (Q, H).  docs: (N, H) the whole corpus, in memory or on disk (only the rows used are read).
         relevance: per query, {corpus row: grade}; grade > 0 is relevant. `align` averages over these pairs.
         sample: uniformity costs N^2 / 2 pairs, so each side uses at most this many rows, drawn with `seed`.
     Returns:
         {"align", "unif_q", "unif_d"}; a figure with too few points (no relevant pair, one row) is NaN.
     """
-    queries, docs = queries.float(), docs.float()
+    queries = queries.float()
+
+    def rows(x, idx: Tensor) -> Tensor:  # (n, H) float32 rows of a tensor or of embedding files
+        return (x[idx] if isinstance(x, Tensor) else torch.from_numpy(x[idx.numpy()])).float()
+
     pairs = [(i, row) for i, rel in enumerate(relevance) for row, grade in rel.items() if grade > 0]
     q_idx = torch.tensor([i for i, _ in pairs], dtype=torch.long)
     d_idx = torch.tensor([row for _, row in pairs], dtype=torch.long)
 
-    def unif(x: Tensor) -> float:
+    def unif(x) -> float:
         if len(x) < 2:
             return float("nan")
         if len(x) > sample:
-            x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:sample]]
-        return uniformity(x).item()
+            idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:sample]
+        else:
+            idx = torch.arange(len(x))
+        return uniformity(rows(x, idx)).item()
 
     return {
-        "align": alignment(queries[q_idx], docs[d_idx]).item() if pairs else float("nan"),
+        "align": alignment(queries[q_idx], rows(docs, d_idx)).item() if pairs else float("nan"),
         "unif_q": unif(queries),
         "unif_d": unif(docs),
     }
@@ -74,5 +82,5 @@ class DANCE(BiEncoderModule):
         k = neg_q.shape[0] // q.shape[0]
         return dual_two_way_nll(q, d, neg_q, batch.group_size, k, self.temperature, self.dual_weight)
 
-    def extra_eval_metrics(self, query_rows: np.ndarray, queries: Tensor, docs: Tensor) -> dict[str, float]:
+    def extra_eval_metrics(self, query_rows: np.ndarray, queries: Tensor, docs: EmbeddingShards) -> dict[str, float]:
         return embedding_geometry(queries, docs, self.trainer.datamodule.relevance_for(query_rows))

@@ -1,0 +1,190 @@
+"""Searching embeddings on disk (`EmbeddingShards`) for the queries of every process of a job.
+
+Each process searches the whole corpus for its own share of the queries, and the (Q, k) results are gathered,
+so every process ends with the same ranking, identical to a single process's (each query is searched the same
+way whatever the number of processes). The corpus is never held whole in memory:
+
+- exact search ("Flat") streams over the memory-mapped shards in blocks, keeping a running top-k: FAISS on the
+  CPU, torch (blocked matmul + top-k) on a GPU, so no GPU build of FAISS is needed for it;
+- other factory strings ("IVF4096,PQ64", "HNSW32") build one index, once: process 0 builds it from the blocks and
+  writes it beside the embeddings, every process reads it (onto its own GPU when FAISS has a GPU build).
+
+`search_backend` is the one place that decides what runs where, for evaluation, refresh and LTRe alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lit_dr.embeddings import EmbeddingShards
+from lit_dr.faiss_index import build_index, import_faiss, search, to_gpu
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["faiss", "faiss-gpu", "torch"]
+BLOCK_ROWS = 65_536  # corpus rows per streamed block: 192 MiB at 768 float32 dimensions
+_warned: set[str] = set()
+
+
+@dataclass
+class Processes:
+    """This process's place in a job: its rank, the job's size, its device and the job's collectives.
+
+    `all_gather` maps a (n, ...) tensor to (world_size, n, ...) (same n on every process), on the device the
+    backend needs (NCCL: the GPU); `barrier` waits for every process.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    all_gather: Callable[[Tensor], Tensor] | None = None
+    barrier: Callable[[], None] | None = None
+
+
+def is_exact(factory: str) -> bool:
+    return factory.replace(" ", "") == "Flat"
+
+
+def search_backend(factory: str, device: torch.device) -> Backend:
+    """Where search runs: on the CPU with FAISS, unless the model runs on a GPU. There exact search uses torch
+    (no FAISS GPU build needed) and other indexes use FAISS's GPU build, or, without one, the CPU (logged once)."""
+    if torch.device(device).type != "cuda":
+        return "faiss"
+    if is_exact(factory):
+        return "torch"
+    if hasattr(import_faiss(), "StandardGpuResources"):
+        return "faiss-gpu"
+    if factory not in _warned:
+        _warned.add(factory)
+        log.warning("no GPU build of FAISS installed: index %r is searched on the CPU (pip install 'lit-dr[gpu]')",
+                    factory)
+    return "faiss"
+
+
+def even_share(n: int, rank: int, world_size: int) -> slice:
+    """This process's contiguous share of n items, sizes differing by at most one."""
+    bounds = np.linspace(0, n, world_size + 1).round().astype(int)
+    return slice(int(bounds[rank]), int(bounds[rank + 1]))
+
+
+def exact_search_stream(
+    embeddings: EmbeddingShards,
+    queries: np.ndarray,
+    k: int,
+    backend: Literal["faiss", "torch"] = "faiss",
+    device: torch.device | str = "cpu",
+    block_rows: int = BLOCK_ROWS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k over every row of `embeddings`, streamed in blocks with a running top-k.
+
+    Args:
+        queries: (Q, H) float32.
+    Returns:
+        (D, I): (Q, k) float32 scores and int64 rows, best first; empty slots (k > N) are -inf / -1.
+    Memory: one block (block_rows x H float32) plus the (Q, k) results; the blocks of the memory map are file
+    pages, not process memory.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if backend == "torch":
+        return _torch_stream(embeddings, queries, k, torch.device(device), block_rows)
+    faiss = import_faiss()
+    heap, result = None, None
+    for first, block in embeddings.blocks(block_rows):
+        index = faiss.IndexFlatIP(embeddings.dim)
+        index.add(block)
+        d, i = search(index, queries, k)  # (Q, k); -inf / -1 beyond the block's size
+        i = np.where(i >= 0, i + first, -1)
+        if result is None and heap is None:
+            result = (d, i)  # a single block needs no merge: exactly what one FAISS Flat index returns
+            continue
+        if heap is None:
+            heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+            heap.add_result(*result)
+        heap.add_result(np.ascontiguousarray(d), np.ascontiguousarray(i))
+    if heap is None:
+        if result is None:  # no rows at all
+            return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        return result
+    heap.finalize()
+    d, i = heap.D, heap.I
+    d[i < 0] = -np.inf
+    return d, i
+
+
+@torch.no_grad()
+def _torch_stream(embeddings, queries, k, device, block_rows) -> tuple[np.ndarray, np.ndarray]:
+    q = torch.from_numpy(queries).to(device)  # (Q, H)
+    best = torch.full((len(q), k), float("-inf"), device=device)  # (Q, k)
+    rows = torch.full((len(q), k), -1, dtype=torch.long, device=device)  # (Q, k)
+    q_chunk = max(1, (1 << 26) // block_rows)  # bounds each (q_chunk, block) score matrix at 256 MiB
+    for first, block in embeddings.blocks(block_rows):
+        b = torch.tensor(block, device=device)  # (n, H); a copy: the block may be a read-only file view
+        kk = min(k, len(b))
+        for s in range(0, len(q), q_chunk):
+            top = (q[s : s + q_chunk] @ b.T).topk(kk, dim=1)  # (c, kk)
+            scores = torch.cat([best[s : s + q_chunk], top.values], dim=1)  # (c, k + kk)
+            ids = torch.cat([rows[s : s + q_chunk], top.indices + first], dim=1)
+            keep = scores.topk(k, dim=1)
+            best[s : s + q_chunk], rows[s : s + q_chunk] = keep.values, ids.gather(1, keep.indices)
+    return best.cpu().numpy(), rows.cpu().numpy()
+
+
+def shared_index(embeddings: EmbeddingShards, factory: str, procs: Processes, gpu: bool):
+    """One FAISS index over `embeddings`, built once: by process 0, written beside the embeddings and read by the
+    others. Its memory is the index's own (compressed for PQ); exact search does not come here."""
+    faiss = import_faiss()
+    path = embeddings.directory / f"index-{''.join(c if c.isalnum() else '_' for c in factory)}.faiss"
+    if procs.world_size == 1:
+        index = build_index(embeddings, factory)
+    else:
+        if procs.rank == 0:
+            index = build_index(embeddings, factory)
+            tmp = path.with_name(f".{path.name}.tmp")
+            faiss.write_index(index, str(tmp))
+            os.replace(tmp, path)
+        procs.barrier()
+        if procs.rank != 0:
+            index = faiss.read_index(str(path))
+    return to_gpu(index, procs.device.index or 0) if gpu else index
+
+
+def gather_rows(local: np.ndarray, procs: Processes) -> np.ndarray:
+    """Every process's (n_r, ...) array concatenated in rank order, on every process (n_r may differ)."""
+    if procs.world_size == 1 or procs.all_gather is None:
+        return local
+    counts = procs.all_gather(torch.tensor([len(local)], device=procs.device)).reshape(-1).cpu().tolist()
+    width = max(counts)
+    padded = np.zeros((width, *local.shape[1:]), dtype=local.dtype)
+    padded[: len(local)] = local
+    gathered = procs.all_gather(torch.from_numpy(padded).to(procs.device)).cpu().numpy()  # (W, width, ...)
+    return np.concatenate([gathered[r, :c] for r, c in enumerate(counts)])
+
+
+def search_embeddings(
+    embeddings: EmbeddingShards,
+    local_queries: np.ndarray,
+    k: int,
+    factory: str = "Flat",
+    procs: Processes | None = None,
+    params: dict[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k rows of `embeddings` for this process's (Q_r, H) queries; returns every process's results,
+    (sum Q_r, k) scores and rows in rank order, on every process. Collective: all processes must call it."""
+    procs = procs or Processes()
+    k = min(k, len(embeddings))
+    backend = search_backend(factory, procs.device)
+    if is_exact(factory):
+        d, i = exact_search_stream(embeddings, local_queries, k, "torch" if backend == "torch" else "faiss",
+                                   procs.device)
+    else:
+        index = shared_index(embeddings, factory, procs, gpu=backend == "faiss-gpu")
+        d, i = search(index, local_queries, k, params=params)
+    return gather_rows(d, procs), gather_rows(i, procs)
