@@ -80,11 +80,15 @@ def retrieval_metrics(
     preds, grades, indexes = _ranked_lists(scores, doc_rows, relevance)
     if len(preds) == 0:
         return dict.fromkeys(METRIC_NAMES, float("nan"))
+    # A pure computation on this process's arrays: torchmetrics must not sync its (CPU) states across processes
+    # on compute(), which NCCL cannot do (no CPU backend) and which nothing here needs (every process already
+    # holds the same rankings).
+    local = {"sync_on_compute": False, "distributed_available_fn": lambda: False}
     metrics = {
-        "ndcg@10": (RetrievalNormalizedDCG(top_k=10), grades),
-        "mrr@10": (RetrievalMRR(top_k=10), grades > 0),
-        "recall@100": (RetrievalRecall(top_k=100), grades > 0),
-        "recall@1000": (RetrievalRecall(top_k=1000), grades > 0),
+        "ndcg@10": (RetrievalNormalizedDCG(top_k=10, **local), grades),
+        "mrr@10": (RetrievalMRR(top_k=10, **local), grades > 0),
+        "recall@100": (RetrievalRecall(top_k=100, **local), grades > 0),
+        "recall@1000": (RetrievalRecall(top_k=1000, **local), grades > 0),
     }
     out = {}
     for name, (metric, target) in metrics.items():
