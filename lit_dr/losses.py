@@ -171,3 +171,74 @@ def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
         raise ValueError(f"uniformity needs at least two points, got {x.shape[0]}")
     sq = torch.pdist(F.normalize(x, dim=-1)).pow(2)  # (N (N-1) / 2,)
     return torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel())
+
+
+# Ranking losses over a retrieved list (LTRe / ADORE). Shared layout: each query's list holds its top `depth`
+# retrieved documents plus any appended unretrieved positives, padded to length L. `scores` (B, L) are
+# s(q, d) with gradient; `relevant` (B, L) bool; `valid` (B, L) bool marks real entries (None = all real).
+# Padded entries are ignored whatever their score (even -inf or NaN), rank or relevance.
+
+
+def ltre_pairwise_loss(
+    scores: Tensor, relevant: Tensor, ranks: Tensor, cut: int, valid: Tensor | None = None
+) -> Tensor:
+    """LambdaRank-weighted RankNet for reciprocal rank, as trained by LTRe / ADORE.
+
+    L_q = sum_{i rel, j non-rel} w_ij softplus(-(s_i - s_j)) / (n_rel n_non-rel),   L = (1/B) sum_q L_q
+    w_ij = |g(r_i) - g(r_j)|,  g(r) = 1/r for r <= cut else 0 (LambdaRank's |delta| of 1/rank on a swap).
+
+    The denominator counts every (relevant, non-relevant) pair, zero-weight ones included. The released code
+    sums both orientations of each pair and divides by 2 x that count, which is the same value. Weights are
+    constants (ranks carry no gradient). A query without a pair contributes 0 and still counts in the mean
+    over B, as the released code divides by the batch size. cut <= 0 zeroes every weight (loss 0, zero
+    gradient), which is what the released default `--metric_cut None` does; pass the retrieval depth (its
+    README passes 200) so appended positives (rank > depth) get g = 0 and pair with a retrieved
+    non-relevant document at rank r with weight 1/r.
+
+    Args:
+        scores: (B, L) float.  relevant: (B, L) bool.  valid: (B, L) bool or None (all entries real).
+        ranks: (B, L) long, 1-based rank in the retrieval, depth + 1, depth + 2, ... for appended positives;
+            any value at padded entries.
+        cut: ranks beyond it get reciprocal rank 0.
+    Reference: Zhan et al., arXiv 2010.10469 (LTRe) and SIGIR 2021 (arXiv 2104.08051, ADORE);
+        code jingtaozhan/DRhard adore/train.py (sigma 1). The released code appends the positives only
+        when none was retrieved; that choice is the caller's.
+    Relation: each pair term is the 2-way softmax term of `two_way_nll`; `listwise_softmax_loss` is the
+        unweighted listwise alternative.
+    """
+    if valid is None:
+        valid = torch.ones_like(relevant)
+    pos = relevant & valid  # (B, L)
+    neg = ~relevant & valid  # (B, L)
+    pairs = pos.unsqueeze(2) & neg.unsqueeze(1)  # (B, L, L): [b, i, j] = i relevant, j non-relevant
+    s = scores.masked_fill(~valid, 0.0)  # (B, L) keeps padding's -inf / NaN out of the products
+    cost = F.softplus(s.unsqueeze(1) - s.unsqueeze(2))  # (B, L, L): log(1 + e^{-(s_i - s_j)})
+    gain = torch.where(ranks <= cut, ranks.clamp(min=1).to(s.dtype).reciprocal(), 0.0)  # (B, L)
+    weights = (gain.unsqueeze(2) - gain.unsqueeze(1)).abs() * pairs  # (B, L, L)
+    n_pairs = pos.sum(1) * neg.sum(1)  # (B,)
+    per_query = (weights * cost).sum((1, 2)) / n_pairs.clamp(min=1)  # (B,)
+    return per_query.mean()
+
+
+def listwise_softmax_loss(
+    scores: Tensor, relevant: Tensor, valid: Tensor | None = None, temperature: float = 1.0
+) -> Tensor:
+    """Softmax cross-entropy over the retrieved list with every relevant document as a target.
+
+    L_q = -log( sum_{i rel} e^{s_i/tau} / sum_{i valid} e^{s_i/tau} ), averaged over queries with a relevant
+    entry; 0 (and zero gradient) when no query has one.
+
+    Args:
+        scores: (B, L) float.  relevant: (B, L) bool.  valid: (B, L) bool or None (all entries real).
+    Relation: with one relevant document it is `info_nce` with the retrieved list as the negatives;
+        `ltre_pairwise_loss` is the pairwise, metric-weighted alternative of LTRe / ADORE.
+    """
+    if valid is None:
+        valid = torch.ones_like(relevant)
+    floor = torch.finfo(scores.dtype).min  # finite, so empty rows give finite gradients
+    logits = (scores / temperature).masked_fill(~valid, floor)  # (B, L)
+    has_pos = (relevant & valid).any(1)  # (B,)
+    log_den = torch.logsumexp(logits, 1)  # (B,)
+    log_num = torch.logsumexp(logits.masked_fill(~relevant, floor), 1)  # (B,)
+    per_query = torch.where(has_pos, log_den - log_num, 0.0)  # (B,)
+    return per_query.sum() / has_pos.sum().clamp(min=1)
