@@ -188,3 +188,43 @@ def search_embeddings(
         index = shared_index(embeddings, factory, procs, gpu=backend == "faiss-gpu")
         d, i = search(index, local_queries, k, params=params)
     return gather_rows(d, procs), gather_rows(i, procs)
+
+
+class FixedIndex:
+    """A search handle over embeddings that never change (LTRe's document side), built once and searched often.
+
+    Exact search keeps the matrix on the GPU when the model runs there (one copy per process: N x H x 4 bytes;
+    ADORE does the same) and streams over the memory-mapped files on the CPU; other factory strings build one
+    shared FAISS index (`shared_index`). `vectors` returns stored rows for recomputing scores with gradient.
+    """
+
+    def __init__(self, embeddings: EmbeddingShards, factory: str = "Flat", procs: Processes | None = None) -> None:
+        self.embeddings, self.factory = embeddings, factory
+        self.procs = procs or Processes()
+        self.backend = search_backend(factory, self.procs.device)
+        self.resident: Tensor | None = None  # (N, H) on the GPU, exact search there
+        self.index = None
+        if is_exact(factory) and self.backend == "torch":
+            self.resident = torch.cat([torch.tensor(b, device=self.procs.device) for _, b in embeddings.blocks()])
+        elif not is_exact(factory):
+            self.index = shared_index(embeddings, factory, self.procs, gpu=self.backend == "faiss-gpu")
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k) scores and rows for this process's (Q, H) queries; local, no collective."""
+        k = min(k, len(self.embeddings))
+        if self.resident is not None:
+            from lit_dr.faiss_index import exact_search
+
+            q = torch.from_numpy(queries).to(self.resident.device).float()  # (Q, H)
+            block = max(1, (1 << 28) // len(self.resident))  # queries per (block, N) score matrix: 1 GiB at most
+            d, i = exact_search(self.resident, q, k, batch_size=block)
+            return d.cpu().numpy(), i.cpu().numpy()
+        if self.index is None:
+            return exact_search_stream(self.embeddings, queries, k)
+        return search(self.index, queries, k)
+
+    def vectors(self, rows: np.ndarray, device: torch.device) -> Tensor:
+        """(len(rows), H) float32 stored embeddings of corpus rows, on `device`."""
+        if self.resident is not None:
+            return self.resident[torch.from_numpy(rows).to(self.resident.device)].to(device)
+        return torch.from_numpy(self.embeddings.take(rows)).to(device)

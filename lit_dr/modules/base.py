@@ -123,8 +123,12 @@ class BiEncoderModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=q.shape[0])
         return loss
 
+    def trainable_parameters(self):
+        """What the optimizer updates (LTRe: the query tower only)."""
+        return self.parameters()
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.trainable_parameters())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

@@ -1,0 +1,192 @@
+"""LTRe / ADORE: a fixed document index and a query encoder trained by full retrieval against it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lit_dr.data.batches import TrainBatch
+from lit_dr.embeddings import EmbeddingShards
+from lit_dr.losses import listwise_softmax_loss, ltre_pairwise_loss
+from lit_dr.modules.base import BiEncoderModule
+from lit_dr.search import FixedIndex, even_share, gather_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RankedLists:
+    """What the loss sees for B queries: each query's retrieved list, then appended unretrieved positives."""
+
+    rows: np.ndarray  # (B, L) corpus rows, -1 = padding
+    ranks: np.ndarray  # (B, L) 1-based retrieval rank; appended positives depth + 1, depth + 2, ...
+    relevant: np.ndarray  # (B, L) bool, judged relevant (grade > 0)
+
+    @property
+    def valid(self) -> np.ndarray:  # (B, L) bool
+        return self.rows >= 0
+
+
+def ranked_lists(
+    ranked: np.ndarray,
+    relevance: list[dict[int, int]],
+    depth: int,
+    append: Literal["when_none_retrieved", "always"] = "when_none_retrieved",
+) -> RankedLists:
+    """Turn (B, depth) retrieved rows (best first, -1 = empty) into the lists the ranking loss is computed on.
+
+    Judged-relevant documents that were not retrieved are appended after the list, ranked depth + 1, ... (beyond
+    any cut up to depth), when none was retrieved (the released ADORE code) or `always`.
+    """
+    lists = []
+    for retrieved, rel in zip(ranked.tolist(), relevance, strict=True):
+        retrieved = [r for r in retrieved if r >= 0]
+        positives = {d for d, g in rel.items() if g > 0}
+        missing = sorted(positives.difference(retrieved))
+        hit = any(r in positives for r in retrieved)
+        extra = missing if (append == "always" or not hit) else []
+        ranks = list(range(1, len(retrieved) + 1)) + list(range(depth + 1, depth + 1 + len(extra)))
+        lists.append((retrieved + extra, ranks, [r in positives for r in retrieved + extra]))
+    width = max(1, max(len(rows) for rows, _, _ in lists))
+    out = RankedLists(np.full((len(lists), width), -1, np.int64), np.zeros((len(lists), width), np.int64),
+                      np.zeros((len(lists), width), bool))
+    for b, (rows, ranks, relevant) in enumerate(lists):
+        out.rows[b, : len(rows)], out.ranks[b, : len(rows)], out.relevant[b, : len(rows)] = rows, ranks, relevant
+    return out
+
+
+class LTRe(BiEncoderModule):
+    """Zhan et al., arXiv 2010.10469 (LTRe) and SIGIR 2021 (ADORE; code jingtaozhan/DRhard).
+
+    Before the first step, the corpus is encoded once by the document tower of the warm start
+    (`init_checkpoint`, e.g. a `BM25Negatives` checkpoint) and indexed (`index_factory`: exact "Flat" by default,
+    IVF/PQ for a compressed index). It is never re-encoded: validation and test encode only the queries. Each step
+    encodes the query batch, retrieves the top `depth` from the whole corpus with the detached embeddings,
+    recomputes the retrieved documents' scores in torch from their stored embeddings (so the gradient reaches the
+    query tower), and learns from that ranking. Only the query tower trains: with one shared tower in the warm
+    start, the tower becomes the query tower and the document side is the stored embeddings; a separate
+    `doc_encoder` is frozen and left out of the optimizer.
+
+    A checkpoint records the index's source (warm start, embedding directory, digest): a resumed run, and
+    `validate`/`test` from the checkpoint, reuse the embeddings instead of re-encoding; a changed file is an error.
+
+    Args:
+        depth: documents retrieved per query per step (ADORE: 200).
+        metric_cut: ranks beyond it weigh 1/rank = 0 in the loss; None = `depth` (the released code's default,
+            None, zeroes every weight: its README passes 200).
+        loss: "lambda_rr" (LambdaRank-weighted RankNet for reciprocal rank, the papers') or "listwise" (softmax
+            over the retrieved list).
+        temperature: divides the scores before the loss (1 for the papers' dot product; about 0.05 for cosine).
+        append_positives: append unretrieved judged-relevant documents when none was retrieved (released
+            code) or always.
+        doc_embeddings: a directory of corpus embeddings already written by lit_dr (`embed_to_files`) to use
+            as the fixed index instead of encoding (for several runs from one warm start).
+        **kwargs: the towers, optimizer and evaluation options of `BiEncoderModule`.
+    """
+
+    def __init__(
+        self,
+        depth: int = 200,
+        metric_cut: int | None = None,
+        loss: Literal["lambda_rr", "listwise"] = "lambda_rr",
+        temperature: float = 1.0,
+        append_positives: Literal["when_none_retrieved", "always"] = "when_none_retrieved",
+        doc_embeddings: str | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.depth, self.metric_cut = depth, depth if metric_cut is None else metric_cut
+        self.loss, self.temperature, self.append_positives = loss, temperature, append_positives
+        if self.doc_encoder is not None:
+            self.doc_encoder.requires_grad_(False)
+        self.index_source: dict | None = None  # what the fixed index was made from; kept in checkpoints
+        self.corpus_encodings = 0  # how often this module encoded the corpus (once per fit at most)
+        self._embeddings: EmbeddingShards | None = None
+        self._index: FixedIndex | None = None
+
+    # -- the fixed index -----------------------------------------------------------------------------
+    def corpus_embeddings(self) -> EmbeddingShards:
+        """The fixed document embeddings: encoded once by the document tower as it stands before the first step,
+        or reopened from `doc_embeddings` / the checkpoint's record (checked against its digest)."""
+        if self._embeddings is not None:
+            return self._embeddings
+        recorded = self.index_source or {}
+        directory = self.hparams.doc_embeddings or recorded.get("directory")
+        if directory is not None:
+            embeddings = EmbeddingShards(directory)
+            digest = self._digest(embeddings)
+            if recorded.get("digest") not in (None, digest):
+                raise ValueError(f"LTRe's fixed document embeddings in {directory} changed since the checkpoint was "
+                                 f"written (digest {digest[:12]}, recorded {recorded['digest'][:12]})")
+            log.info("LTRe: reusing the fixed document embeddings in %s", directory)
+        else:
+            if self.global_step > 0 and self.doc_encoder is None:
+                raise RuntimeError("LTRe's fixed index must come from the warm start, but the shared tower has "
+                                   "trained already: resume from an LTRe checkpoint or set `doc_embeddings`")
+            embeddings = self.embed_to_files("doc", None, "ltre-corpus")
+            self.corpus_encodings += 1
+            digest = self._digest(embeddings)
+        self.index_source = {"init_checkpoint": self.hparams.init_checkpoint, "rows": len(embeddings),
+                             "directory": str(embeddings.directory.resolve()), "digest": digest}
+        self._embeddings = embeddings
+        return embeddings
+
+    def _digest(self, embeddings: EmbeddingShards) -> str:
+        digest = embeddings.digest() if self.global_rank == 0 else ""
+        return self.trainer.strategy.broadcast(digest) if self._trainer is not None else digest
+
+    def fixed_index(self) -> FixedIndex:
+        if self._index is None:
+            self._index = FixedIndex(self.corpus_embeddings(), self.hparams.index_factory, self.processes())
+        return self._index
+
+    def on_train_start(self) -> None:
+        self.fixed_index()  # before the first step, while the towers still hold the warm start
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ltre_index_source"] = self.index_source
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.index_source = checkpoint.get("ltre_index_source")
+        self._embeddings, self._index = None, None
+
+    def search(self, embeddings, queries, k, factory, share=True):
+        if embeddings is not self._embeddings:
+            return super().search(embeddings, queries, k, factory, share)
+        procs = self.processes()
+        if share:
+            queries = queries[even_share(len(queries), procs.rank, procs.world_size)]
+        d, i = self.fixed_index().search(queries, k)
+        return gather_rows(d, procs), gather_rows(i, procs)
+
+    # -- training: full retrieval for the batch's queries, a ranking loss on what came back ---------------
+    def trainable_parameters(self):
+        return self.encoder.parameters()  # the document side is fixed
+
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
+        index = self.fixed_index()
+        q = self.encode_queries(batch.queries)  # (B, H)
+        _, ranked = index.search(q.detach().float().cpu().numpy(), self.depth)  # (B, depth)
+        relevance = self.trainer.datamodule.relevance_for(batch.query_rows.cpu().numpy())
+        lists = ranked_lists(ranked, relevance, self.depth, self.append_positives)
+        valid = torch.from_numpy(lists.valid).to(q.device)  # (B, L)
+        docs = q.new_zeros((*lists.rows.shape, q.shape[1]), dtype=torch.float32)  # (B, L, H)
+        docs[valid] = index.vectors(lists.rows[lists.valid], q.device)
+        with torch.autocast(q.device.type, enabled=False):  # scores in fp32, as ADORE
+            scores = torch.einsum("bh,blh->bl", q.float(), docs) / self.temperature  # (B, L)
+        relevant = torch.from_numpy(lists.relevant).to(q.device)
+        if self.loss == "listwise":
+            loss = listwise_softmax_loss(scores, relevant, valid)
+        else:
+            ranks = torch.from_numpy(lists.ranks).to(q.device)
+            loss = ltre_pairwise_loss(scores, relevant, ranks, self.metric_cut, valid)
+        found = (lists.relevant & (lists.ranks <= self.depth)).any(1).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=q.shape[0])
+        self.log("train/positive_retrieved", float(found), batch_size=q.shape[0])
+        return loss
