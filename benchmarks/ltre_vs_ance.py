@@ -59,12 +59,12 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     ltre_extra = [f"--model.init_args.optimizer.init_args.lr={args.ltre_lr}"] if args.ltre_lr else []
-    runs = {"ANCE": fit("ance", "configs/ance.yaml", args.warm_start, work, args, args.ance_every, []),
-            "LTRe": fit("ltre", "configs/ltre.yaml", args.warm_start, work, args, args.ltre_every, ltre_extra)}
+    runs = {"LTRe": fit("ltre", "configs/ltre.yaml", args.warm_start, work, args, args.ltre_every, ltre_extra),
+            "ANCE": fit("ance", "configs/ance.yaml", args.warm_start, work, args, args.ance_every, [])}
 
     print("\n| run | step | initial encoding s | training s (after it, no validation) | dev nDCG@10 | MRR@10 |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for name, points in runs.items():
+    for name, points in sorted(runs.items()):
         for p in points:
             print(f"| {name} | {p['step']} | {p['initial_s']:.1f} | {p['train_s']:.1f} | {p['val/ndcg@10']:.4f} | "
                   f"{p['val/mrr@10']:.4f} |")

@@ -19,6 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
 
 
+def last_checkpoint(trainer) -> str:
+    """The path of last.ckpt (written by the configs' unmonitored checkpoint)."""
+    return next(c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path)
+
+
 def cli(*args: str):
     from lit_dr.cli import run
 
@@ -50,7 +55,7 @@ def main() -> None:
     rows = [("BM25 negatives (warm start)", metrics_of(warm), time.perf_counter() - start, [])]
     ance, seconds, history = fit("configs/ance.yaml", args.warm_start)
     rows.append(("ANCE", metrics_of(ance), seconds, history))
-    ance_ckpt = ance.trainer.checkpoint_callback.last_model_path
+    ance_ckpt = last_checkpoint(ance.trainer)
     dance, seconds, history = fit("configs/dance.yaml", ance_ckpt)
     rows.append(("DANCE (stage 2, from ANCE)", metrics_of(dance), seconds, history))
 

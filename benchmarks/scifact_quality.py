@@ -19,6 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
 
 
+def last_checkpoint(trainer) -> str:
+    """The path of last.ckpt (written by the configs' unmonitored checkpoint)."""
+    return next(c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path)
+
+
 def cli(*args: str):
     from lit_dr.cli import run
 
@@ -52,7 +57,7 @@ def zero_shot() -> dict[str, float]:
 def fine_tuned(config: str, epochs: int) -> dict[str, float]:
     run = cli("fit", "--config", str(ROOT / config), f"--trainer.max_epochs={epochs}",
               f"--trainer.check_val_every_n_epoch={epochs}")
-    print(f"[checkpoint] {config}: {run.trainer.checkpoint_callback.last_model_path}", flush=True)
+    print(f"[checkpoint] {config}: {last_checkpoint(run.trainer)}", flush=True)
     return {k: float(run.trainer.callback_metrics[f"val/{k}"]) for k in METRICS}
 
 

@@ -12,7 +12,7 @@ from conftest import SCIFACT
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SCIFACT.exists(), reason="needs ../shared/data/scifact")]
 
 
-@pytest.mark.parametrize("objective", ["bm25neg", "samtone", "ance", "dance"])
+@pytest.mark.parametrize("objective", ["bm25neg", "samtone", "ance", "dance", "ltre"])
 def test_objective_runs_on_scifact(objective, tmp_path, monkeypatch):
     monkeypatch.setenv("LIT_DR_DATA", str(SCIFACT.parent))
     monkeypatch.setenv("WANDB_MODE", "disabled")

@@ -49,6 +49,23 @@ def test_mined_negatives_match_brute_force_topk():
         assert set(mined.candidates[i].tolist()) == set(exact[i, 1:].tolist())
 
 
+@pytest.mark.parametrize(("max_steps", "max_epochs", "step", "last_batch", "epoch", "finished"), [
+    (-1, 3, 10, True, 2, True),  # the last batch of the last epoch
+    (-1, 3, 10, True, 1, False),  # the last batch of an earlier epoch
+    (100, -1, 10, True, 5, False),  # step budget, no epoch limit: an epoch's end is not the fit's end
+    (100, None, 10, True, 5, False),
+    (100, -1, 100, False, 5, True),  # the step budget reached
+])
+def test_refresh_knows_when_the_fit_is_over(max_steps, max_epochs, step, last_batch, epoch, finished):
+    from types import SimpleNamespace
+
+    from lit_dr.callbacks import NegativeRefresh
+
+    trainer = SimpleNamespace(max_steps=max_steps, max_epochs=max_epochs, global_step=step, is_last_batch=last_batch,
+                              current_epoch=epoch)
+    assert NegativeRefresh._finished(trainer) is finished
+
+
 def test_table_files_round_trip(tmp_path):
     table = {3: np.array([1, 2]), 7: np.array([], dtype=np.int64)}
     queries = {1: np.array([4])}

@@ -117,8 +117,9 @@ class NegativeRefresh(L.Callback):
         """True after the last optimizer step of the fit: a table mined then would never be used."""
         if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
             return True
-        return bool(trainer.is_last_batch and trainer.max_epochs is not None
-                    and trainer.current_epoch >= trainer.max_epochs - 1)
+        # max_epochs -1 (or None, which Lightning makes -1 when max_steps is set) means no epoch limit.
+        epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+        return bool(trainer.is_last_batch and epochs > 0 and trainer.current_epoch >= epochs - 1)
 
     # -- the refresh -------------------------------------------------------------------------------------
     def refresh(self, trainer: L.Trainer, pl_module) -> NegativesTable:

@@ -1,0 +1,54 @@
+"""benchmarks/gpu_check.py in its --cpu mode: fit (with a refresh and validations), test and predict per objective,
+each a 2-process DDP run over gloo on the tiny BERT."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gpu_check(tmp_path, *args: str, timeout: int) -> str:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu",
+                          "--workdir", str(tmp_path), *args],
+                         cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
+    assert "search_backend('Flat', cpu) = 'faiss'" in out.stdout.splitlines()[0]
+    return out.stdout
+
+
+def result(stdout: str, objective: str) -> re.Match:
+    line = re.search(rf"^{objective} +(OK|FAIL) +steps +(\d+) +refreshes (\d+|-) +val nDCG@10 ([\d.]+) +"
+                     rf"test nDCG@10 ([\d.]+) +predict lines +(\d+) +(warm|cold)", stdout, re.MULTILINE)
+    assert line is not None, stdout
+    return line
+
+
+def test_bm25neg_passes_on_two_cpu_processes(tmp_path):
+    stdout = gpu_check(tmp_path, "--objectives", "bm25neg", "--docs", "96", timeout=600)
+    line = result(stdout, "bm25neg")
+    # Refreshed at step 2 only (not before the first step: BM25 negatives; not at the last step).
+    assert line.groups()[:3] == ("OK", "4", "1")
+    assert 0 < float(line[4]) <= 1 and 0 < float(line[5]) <= 1
+    assert int(line[6]) == 4 * 96  # the 4 test queries, each ranking the whole synthetic corpus of 96 documents
+    assert line[7] == "cold"
+
+
+@pytest.mark.slow
+def test_every_objective_passes_on_two_cpu_processes(tmp_path):
+    stdout = gpu_check(tmp_path, timeout=1800)
+    objectives = ["bm25neg", "samtone", "ance", "dance_stage1", "dance"]
+    if (ROOT / "configs" / "ltre.yaml").exists():
+        objectives.append("ltre")
+    for objective in objectives:
+        line = result(stdout, objective)
+        assert line[1] == "OK", stdout
+        assert line[7] == ("cold" if objective in ("bm25neg", "samtone") else "warm")
+    for objective in ("ance", "dance_stage1", "dance"):  # before the first step and at step 2
+        assert result(stdout, objective)[3] == "2"
+    if "ltre" in objectives:  # a fixed index: no refresh
+        assert result(stdout, "ltre")[3] == "-"
+    assert f"all {len(objectives)} objectives OK" in stdout
