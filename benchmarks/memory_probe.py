@@ -9,6 +9,7 @@ kernel's exact peak of the whole resident set (file-backed pages included), is r
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class MemoryProbe(L.Callback):
             "peak_rss_mb": read_status_kb("VmHWM") / 1024,
             "model_param_mb": params / 2**20,
             "start_rss_anon_mb": self.start_anon_kb / 1024,
+            "lit_dr": str(Path(sys.modules["lit_dr"].__file__).parent),  # which checkout ran
         }
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.out_dir) / f"memory-rank{trainer.global_rank}.json").write_text(json.dumps(record))

@@ -110,8 +110,9 @@ def run_fit(run: Path, config: dict, procs: int, cores: int, code_root: str | No
            "PYTHONPATH": os.pathsep.join(filter(None, [code_root, str(BENCHMARKS), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
     with open(run / "fit.log", "w") as log:
+        # cwd: `python -m` puts the working directory first on sys.path, which would shadow `code_root`.
         code = subprocess.run([sys.executable, "-m", "lit_dr", "fit", "--config", str(run / "fit.yaml")],
-                              env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+                              env=env, stdout=log, stderr=subprocess.STDOUT, cwd=run).returncode
     return code, time.perf_counter() - start
 
 
@@ -190,6 +191,7 @@ def main() -> None:
                 continue
             record, memory = read_results(run)
             if header:
+                print(f"# lit_dr used: {memory[0].get('lit_dr')}")
                 print(header)
                 header = ""
             times = " ".join(f"{record[f'time_{p}_s']:>14.2f}" if f"time_{p}_s" in record else f"{'-':>14}"
