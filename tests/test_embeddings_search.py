@@ -35,8 +35,9 @@ def tiny_corpus(tiny_beir, tiny_model_dir, cache_dir):
     return dm.corpus, lambda b: encoder(b.input_ids, b.attention_mask)
 
 
-@pytest.mark.parametrize("world_size", [1, 3])
-def test_shards_hold_what_in_memory_encoding_gives(tiny_corpus, tmp_path, world_size):
+@pytest.mark.parametrize(("world_size", "window"), [(1, 65_536), (3, 65_536), (1, 7), (3, 5)])
+def test_shards_hold_what_in_memory_encoding_gives(tiny_corpus, tmp_path, world_size, window, monkeypatch):
+    monkeypatch.setattr("lit_dr.encoding.WRITE_WINDOW", window)  # rows written window by window, in file order
     store, encode = tiny_corpus
     want = encode_store(encode, store, batch_size=16, show_progress=False).numpy()  # (64, 32)
     for rank in range(world_size):  # the processes of a job, one after the other
