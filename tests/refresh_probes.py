@@ -5,6 +5,8 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import lightning as L
+
 from lit_dr.callbacks import NegativeRefresh
 
 
@@ -40,3 +42,16 @@ class RankRecordingRefresh(NegativeRefresh):
         path = Path(self.record_dir) / f"rank{trainer.global_rank}-g{self.generation}.txt"
         path.write_text(self.table_digest)
         return table
+
+
+class PauseAtStep(L.Callback):
+    """Stops for a while after optimizer step `step` (before that step's checkpoint: checkpoints run last), so a test can kill the
+    process right there."""
+
+    def __init__(self, step: int = 0, marker: str = "") -> None:
+        self.step, self.marker = step, marker
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not os.environ.get("NO_PAUSE"):
+            Path(self.marker).write_text(str(self.step))
+            time.sleep(60)

@@ -163,3 +163,49 @@ def test_ltre_learns_to_rank_its_training_queries(tiny_beir, tiny_model_dir, cac
     after = t.validate(model, dm, verbose=False)[0]["val/ndcg@10"]
     assert model.corpus_encodings == 1  # the validation before the fit encoded the index the fit then used
     assert after > before + 0.1, (before, after)
+
+
+def test_killed_fit_resumes_without_re_encoding(tmp_path, tiny_beir, tiny_model_dir, cache_dir, warm_start):
+    import time
+
+    import yaml
+    from test_refresh import lit_dr
+
+    marker, ckpts, emb = tmp_path / "paused", tmp_path / "ckpt", tmp_path / "emb"
+    config = tmp_path / "fit.yaml"
+    config.write_text(yaml.safe_dump({
+        "seed_everything": 0,
+        "model": {"class_path": "lit_dr.LTRe", "init_args": {
+            "encoder": {"class_path": "lit_dr.Encoder",
+                        "init_args": {"model_name_or_path": tiny_model_dir, "normalize": True}},
+            "init_checkpoint": warm_start, "depth": 20, "temperature": 0.1, "embedding_dir": str(emb),
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}}}},
+        "data": {"dataset": str(tiny_beir), "cache_dir": cache_dir, "train_batch_size": 4, "num_negatives": 0,
+                 "negatives": "none", "show_progress": False},
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 8, "limit_val_batches": 0,
+                    "enable_progress_bar": False, "enable_model_summary": False, "logger": False,
+                    "default_root_dir": str(tmp_path), "callbacks": [
+                        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
+                            "dirpath": str(ckpts), "every_n_train_steps": 2, "save_top_k": -1, "filename": "s{step}",
+                            "auto_insert_metric_name": False}},
+                        {"class_path": "refresh_probes.PauseAtStep", "init_args": {"step": 5, "marker": str(marker)}}]},
+    }))
+    proc = lit_dr("fit", "--config", str(config), wait=False)
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "the run never reached step 5"
+        time.sleep(0.2)
+    proc.kill()  # SIGKILL
+    proc.wait()
+    shard = emb / "ltre-corpus" / "shard-00000-of-00001.npy"
+    written = shard.stat()
+    assert sorted(p.name for p in ckpts.iterdir()) == ["s2.ckpt", "s4.ckpt"]
+
+    lit_dr("fit", "--config", str(config), "--ckpt_path", str(ckpts / "s4.ckpt"), env={"NO_PAUSE": "1"})
+    assert (shard.stat().st_ino, shard.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # not rewritten
+    final, resumed_from = (torch.load(ckpts / name, map_location="cpu", weights_only=False)
+                           for name in ("s8.ckpt", "s4.ckpt"))
+    assert final["global_step"] == 8
+    assert final["ltre_index_source"] == resumed_from["ltre_index_source"]
+    assert final["ltre_index_source"]["directory"] == str((emb / "ltre-corpus").resolve())
