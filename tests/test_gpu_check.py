@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py in its --cpu mode: fit (with a refresh and validations), test and predict per objective,
 each a 2-process DDP run over gloo on the tiny BERT."""
 
+import json
 import re
 import subprocess
 import sys
@@ -27,14 +28,23 @@ def result(stdout: str, objective: str) -> re.Match:
     return line
 
 
-def test_bm25neg_passes_on_two_cpu_processes(tmp_path):
-    stdout = gpu_check(tmp_path, "--objectives", "bm25neg", "--docs", "96", timeout=600)
+def test_bm25neg_and_ltre_pass_on_two_cpu_processes(tmp_path):
+    stdout = gpu_check(tmp_path, "--objectives", "bm25neg", "ltre", "--docs", "96", timeout=900)
     line = result(stdout, "bm25neg")
     # Refreshed at step 2 only (not before the first step: BM25 negatives; not at the last step).
     assert line.groups()[:3] == ("OK", "4", "1")
     assert 0 < float(line[4]) <= 1 and 0 < float(line[5]) <= 1
     assert int(line[6]) == 4 * 96  # the 4 test queries, each ranking the whole synthetic corpus of 96 documents
     assert line[7] == "cold"
+    line = result(stdout, "ltre")
+    assert line.groups()[:3] == ("OK", "4", "-") and line[7] == "warm" and int(line[6]) == 4 * 96
+    # LTRe under DDP: the corpus encoded once per fit, one shard per process; validation, test and predict (the
+    # last two from the checkpoint, in new processes) reused it and encoded no corpus of their own.
+    encodings = sorted(p.parent.relative_to(tmp_path / "runs" / "ltre") for p in
+                       (tmp_path / "runs" / "ltre").rglob("embeddings/*/meta.json"))
+    assert [str(p) for p in encodings] == ["lit-dr/fit/embeddings/ltre-corpus"]
+    meta = json.loads((tmp_path / "runs" / "ltre" / encodings[0] / "meta.json").read_text())
+    assert meta["rows"] == 96 and len(meta["bounds"]) == 3
 
 
 @pytest.mark.slow

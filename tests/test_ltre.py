@@ -166,10 +166,8 @@ def test_ltre_learns_to_rank_its_training_queries(tiny_beir, tiny_model_dir, cac
 
 
 def test_killed_fit_resumes_without_re_encoding(tmp_path, tiny_beir, tiny_model_dir, cache_dir, warm_start):
-    import time
-
     import yaml
-    from test_refresh import lit_dr
+    from test_refresh import kill_at_marker, lit_dr
 
     marker, ckpts, emb = tmp_path / "paused", tmp_path / "ckpt", tmp_path / "emb"
     config = tmp_path / "fit.yaml"
@@ -190,14 +188,7 @@ def test_killed_fit_resumes_without_re_encoding(tmp_path, tiny_beir, tiny_model_
                             "auto_insert_metric_name": False}},
                         {"class_path": "refresh_probes.PauseAtStep", "init_args": {"step": 5, "marker": str(marker)}}]},
     }))
-    proc = lit_dr("fit", "--config", str(config), wait=False)
-    deadline = time.time() + 240
-    while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.time() < deadline, "the run never reached step 5"
-        time.sleep(0.2)
-    proc.kill()  # SIGKILL
-    proc.wait()
+    kill_at_marker(lit_dr("fit", "--config", str(config), wait=False), marker, "step 5")
     shard = emb / "ltre-corpus" / "shard-00000-of-00001.npy"
     written = shard.stat()
     assert sorted(p.name for p in ckpts.iterdir()) == ["s2.ckpt", "s4.ckpt"]

@@ -108,6 +108,17 @@ def lit_dr(*args, env=None, wait=True):
     return out
 
 
+def kill_at_marker(proc: subprocess.Popen, marker: Path, what: str, timeout_s: float = 240) -> None:
+    """SIGKILL `proc` (no handler runs, nothing is flushed) as soon as it has written `marker`."""
+    deadline = time.time() + timeout_s
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, f"the run never reached {what}"
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+
+
 def refresh_records(table_dir: Path) -> dict[int, dict]:
     records = [json.loads(line) for line in (table_dir / "refreshes.jsonl").read_text().splitlines()]
     return {r["generation"]: r for r in records}  # a resumed run appends: the last record of each wins
@@ -139,14 +150,7 @@ def test_kill_and_resume_continues_like_an_uninterrupted_run(pause_at, tmp_path,
     lit_dr("fit", "--config", str(ref_cfg), env={"NO_PAUSE": "1"})
 
     config, marker = run_with_kill(tmp_path / "killed", tiny_beir, tiny_model_dir, cache_dir, pause_at)
-    proc = lit_dr("fit", "--config", str(config), wait=False)
-    deadline = time.time() + 240
-    while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.time() < deadline, "the run never reached the third refresh"
-        time.sleep(0.2)
-    proc.kill()  # SIGKILL: no handler runs, nothing is flushed
-    proc.wait()
+    kill_at_marker(lit_dr("fit", "--config", str(config), wait=False), marker, "the third refresh")
     ckpts = sorted((tmp_path / "killed" / "ckpt").glob("s*.ckpt"), key=lambda p: int(p.stem[1:]))
     assert ckpts[-1].name == "s6.ckpt"  # the refresh at step 8 was under way: nothing from step 8 on
     lit_dr("fit", "--config", str(config), "--ckpt_path", str(ckpts[-1]), env={"NO_PAUSE": "1"})
