@@ -198,14 +198,18 @@ class FixedIndex:
     shared FAISS index (`shared_index`). `vectors` returns stored rows for recomputing scores with gradient.
     """
 
-    def __init__(self, embeddings: EmbeddingShards, factory: str = "Flat", procs: Processes | None = None) -> None:
+    def __init__(self, embeddings: EmbeddingShards, factory: str = "Flat", procs: Processes | None = None,
+                 resident: bool | None = None) -> None:
+        """resident: hold the matrix on the process's device for exact search (None: when that is a GPU)."""
         self.embeddings, self.factory = embeddings, factory
         self.procs = procs or Processes()
         self.backend = search_backend(factory, self.procs.device)
-        self.resident: Tensor | None = None  # (N, H) on the GPU, exact search there
+        self.resident: Tensor | None = None  # (N, H) on the device, exact search there with torch
         self.index = None
-        if is_exact(factory) and self.backend == "torch":
-            self.resident = torch.cat([torch.tensor(b, device=self.procs.device) for _, b in embeddings.blocks()])
+        if is_exact(factory) and (self.backend == "torch" if resident is None else resident):
+            self.resident = torch.empty(embeddings.shape, device=self.procs.device)  # filled block by block
+            for first, block in embeddings.blocks():
+                self.resident[first : first + len(block)] = torch.from_numpy(np.array(block))
         elif not is_exact(factory):
             self.index = shared_index(embeddings, factory, self.procs, gpu=self.backend == "faiss-gpu")
 

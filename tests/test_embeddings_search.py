@@ -143,3 +143,19 @@ def test_corpus_is_encoded_once_per_step_within_a_fit(tiny_beir, tiny_model_dir,
     assert [h["step"] for h in refresh.history] == [0, 6]
     assert encodings == [0, 6, 12]  # step 6: refresh and validation shared one encoding
     assert sorted(p.name for p in (tmp_path / "emb").iterdir()) == ["corpus-step0000012"]
+
+
+@pytest.mark.parametrize("resident", [False, True])  # True: the GPU path (matrix held on the device), on the CPU
+def test_fixed_index_search_and_vectors(tmp_path, resident):
+    from lit_dr.search import FixedIndex
+
+    shards, docs = write_random(tmp_path, n=700, h=16, world_size=2)
+    queries = np.random.default_rng(4).standard_normal((12, 16), dtype=np.float32)
+    index = FixedIndex(shards, "Flat", resident=resident)
+    assert (index.resident is not None) == resident
+    d, i = index.search(queries, 15)
+    want = torch.topk(torch.from_numpy(queries).double() @ torch.from_numpy(docs).double().T, 15)
+    np.testing.assert_array_equal(i, want.indices.numpy())
+    np.testing.assert_allclose(d, want.values.numpy(), rtol=1e-5, atol=1e-5)
+    rows = np.array([699, 0, 350, 349])
+    np.testing.assert_array_equal(index.vectors(rows, torch.device("cpu")).numpy(), docs[rows])
