@@ -15,7 +15,7 @@ import torch
 
 from lit_dr.data.sampling import NegativesTable
 from lit_dr.mining import load_table, overlap, sample_negatives, save_table, table_digest
-from lit_dr.run_dir import run_directory
+from lit_dr.run_dir import shared_run_directory
 from lit_dr.search import even_share
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class NegativeRefresh(L.Callback):
     # -- hooks -------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.table_dir is None:
-            self.table_dir = str(run_directory(trainer) / "negatives")
+            self.table_dir = str(shared_run_directory(trainer) / "negatives")
         if self._rng is not None:
             torch.set_rng_state(self._rng["torch"])
             if "cuda" in self._rng and torch.cuda.is_available():

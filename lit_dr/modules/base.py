@@ -19,7 +19,7 @@ from lit_dr.data.batches import EncodeBatch, TokenBatch, TrainBatch
 from lit_dr.embeddings import EmbeddingDtype, EmbeddingShards
 from lit_dr.encoder import Encoder
 from lit_dr.encoding import AutocastFactory, autocast_factory, encode_to_shards
-from lit_dr.run_dir import run_directory
+from lit_dr.run_dir import run_directory, shared_run_directory
 from lit_dr.search import Processes, even_share, search_embeddings
 
 log = logging.getLogger(__name__)
@@ -178,9 +178,8 @@ class BiEncoderModule(L.LightningModule):
     def embedding_root(self) -> Path:
         """Where embedding files go: `embedding_dir`, else `embeddings/` in the run directory (same on every process)."""
         if self._embedding_root is None:
-            root = self.hparams.embedding_dir or str(run_directory(self.trainer) / "embeddings")
-            # Loggers may name the run differently on other ranks: process 0's choice holds.
-            self._embedding_root = Path(self.trainer.strategy.broadcast(root))
+            given = self.hparams.embedding_dir
+            self._embedding_root = Path(given) if given else shared_run_directory(self.trainer) / "embeddings"
         return self._embedding_root
 
     def embed_to_files(self, side: Literal["query", "doc"], rows: np.ndarray | None, name: str) -> EmbeddingShards:
