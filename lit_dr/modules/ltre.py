@@ -156,7 +156,9 @@ class LTRe(BiEncoderModule):
         self.index_source = checkpoint.get("ltre_index_source")
         self._embeddings, self._index = None, None
 
-    def search(self, embeddings, queries, k, factory, share=True):
+    def search(self, embeddings: EmbeddingShards, queries: np.ndarray, k: int, factory: str,
+               share: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Evaluation searches the fixed index built once (`fixed_index`), not a new one per call."""
         if embeddings is not self._embeddings:
             return super().search(embeddings, queries, k, factory, share)
         procs = self.processes()
