@@ -135,7 +135,7 @@ class EmbeddingShards:
 
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, slice):
-            return self.take(np.arange(len(self))[key])
+            return self.take(np.arange(*key.indices(len(self))))
         return self.take(np.asarray(key))
 
     def digest(self) -> str:

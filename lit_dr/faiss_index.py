@@ -48,7 +48,9 @@ _GPU_RESOURCES: dict[int, Any] = {}
 
 
 def to_gpu(index: faiss.Index, device: int) -> faiss.Index:
-    """A copy of `index` on GPU `device`; the device's FAISS resources live as long as the process."""
+    """A copy of `index` on GPU `device` (under DDP the process's own: cloning onto every GPU from every process
+    would put N copies on each); the device's FAISS resources live as long as the process. RuntimeError when FAISS
+    has no GPU build or sees no GPU."""
     faiss = import_faiss()
     _check_gpu(faiss)
     if device not in _GPU_RESOURCES:
@@ -60,7 +62,6 @@ def build_index(
     embeddings: np.ndarray,
     factory: str = "Flat",
     metric: Literal["ip", "l2"] = "ip",
-    gpu_device: int | None = None,
     train_sample: int | None = 100_000,
     seed: int = 0,
 ) -> faiss.Index:
@@ -69,9 +70,6 @@ def build_index(
     Args:
         embeddings: (N, H) document embeddings; converted to float32 one block at a time if needed.
         metric: "ip" (inner product, higher is better) or "l2" (squared distance, lower is better).
-        gpu_device: clone the index onto this GPU before training and adding (under DDP, the process's own
-            device: cloning onto every GPU from every process would put N copies on each); RuntimeError when
-            FAISS has no GPU build or sees no GPU.
         train_sample: indexes that need training (IVF, PQ) train on a uniform sample of at most this
             many rows drawn with `seed`; None trains on all rows.
     Returns:
@@ -80,20 +78,12 @@ def build_index(
     faiss = import_faiss()
     if embeddings.ndim != 2:
         raise ValueError(f"embeddings must be (N, H), got shape {embeddings.shape}")
-    if gpu_device is not None:
-        _check_gpu(faiss)  # before any work: a GPU run must not quietly build on CPU
     n, dim = embeddings.shape
     metric_type = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}[metric]
     try:
         index = faiss.index_factory(dim, factory, metric_type)
     except RuntimeError as err:
         raise ValueError(f"invalid FAISS factory string {factory!r}: {err}") from err
-    if gpu_device is not None:
-        try:
-            index = to_gpu(index, gpu_device)
-        except RuntimeError as err:
-            raise RuntimeError(f"FAISS cannot move index {factory!r} to GPU: {err}") from err
-
     if not index.is_trained:
         if train_sample is not None and n > train_sample:
             rows = np.sort(np.random.default_rng(seed).choice(n, size=train_sample, replace=False))

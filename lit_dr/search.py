@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from lit_dr.embeddings import EmbeddingShards
-from lit_dr.faiss_index import build_index, import_faiss, search, to_gpu
+from lit_dr.faiss_index import build_index, exact_search, import_faiss, search, to_gpu
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,10 @@ def _torch_stream(embeddings, queries, k, device, block_rows) -> tuple[np.ndarra
     q_chunk = max(1, (1 << 26) // block_rows)  # bounds each (q_chunk, block) score matrix at 256 MiB
     for first, block in embeddings.blocks(block_rows):
         b = torch.tensor(block, device=device)  # (n, H); a copy: the block may be a read-only file view
-        kk = min(k, len(b))
-        for s in range(0, len(q), q_chunk):
-            top = (q[s : s + q_chunk] @ b.T).topk(kk, dim=1)  # (c, kk)
-            scores = torch.cat([best[s : s + q_chunk], top.values], dim=1)  # (c, k + kk)
-            ids = torch.cat([rows[s : s + q_chunk], top.indices + first], dim=1)
-            keep = scores.topk(k, dim=1)
-            best[s : s + q_chunk], rows[s : s + q_chunk] = keep.values, ids.gather(1, keep.indices)
+        scores, ids = exact_search(b, q, k, batch_size=q_chunk)  # (Q, k); -inf / -1 beyond the block's size
+        scores, ids = torch.cat([best, scores], dim=1), torch.cat([rows, torch.where(ids >= 0, ids + first, -1)], 1)
+        keep = scores.topk(k, dim=1)  # (Q, k) of the 2k candidates
+        best, rows = keep.values, ids.gather(1, keep.indices)
     return best.cpu().numpy(), rows.cpu().numpy()
 
 
@@ -217,8 +214,6 @@ class FixedIndex:
         """(Q, k) scores and rows for this process's (Q, H) queries; local, no collective."""
         k = min(k, len(self.embeddings))
         if self.resident is not None:
-            from lit_dr.faiss_index import exact_search
-
             q = torch.from_numpy(queries).to(self.resident.device).float()  # (Q, H)
             block = max(1, (1 << 28) // len(self.resident))  # queries per (block, N) score matrix: 1 GiB at most
             d, i = exact_search(self.resident, q, k, batch_size=block)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_dr.faiss_index import build_index, exact_search, search
+from lit_dr.faiss_index import build_index, exact_search, search, to_gpu
 
 pytest.importorskip("faiss")
 
@@ -123,11 +123,11 @@ def test_bad_search_param() -> None:
         search(build_index(doc, "Flat"), queries, k=1, params={"nosuchparam": 3})
 
 
-def test_use_gpu_without_gpu_fails_loudly() -> None:
+def test_gpu_index_without_gpu_fails_loudly() -> None:
     import faiss
 
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         pytest.skip("a GPU is available")
     doc, _ = _data(n=10)
     with pytest.raises(RuntimeError, match="GPU"):
-        build_index(doc, "Flat", gpu_device=0)
+        to_gpu(build_index(doc, "Flat"), 0)
