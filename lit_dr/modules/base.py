@@ -120,8 +120,22 @@ class BiEncoderModule(L.LightningModule):
         q = self.encode_queries(batch.queries)  # (B, H)
         d = self.encode_docs(batch.docs)  # (B * G, H)
         loss = self.compute_loss(q, d, batch)
+        self.check_finite_loss(loss, batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=q.shape[0])
         return loss
+
+    def check_finite_loss(self, loss: Tensor, batch: TrainBatch) -> None:
+        """Stop the fit on a NaN or infinite loss, naming the step and the batch's query ids: training on it
+        would silently ruin the weights. (One host sync per step.)"""
+        if bool(torch.isfinite(loss.detach())):
+            return
+        rows = batch.query_rows.cpu().numpy()
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = [str(dm.queries.ids[r]) for r in rows] if dm is not None else [int(r) for r in rows]
+        raise FloatingPointError(
+            f"non-finite training loss {loss.item()} at global step {self.global_step} (epoch "
+            f"{self.current_epoch}); the batch's query ids: {names}. Lower the learning rate or the temperature, "
+            "or check these queries' documents.")
 
     def trainable_parameters(self):
         """What the optimizer updates (LTRe: the query tower only)."""

@@ -188,6 +188,7 @@ class LTRe(BiEncoderModule):
         else:
             ranks = torch.from_numpy(lists.ranks).to(q.device)
             loss = ltre_pairwise_loss(scores, relevant, ranks, self.metric_cut, valid)
+        self.check_finite_loss(loss, batch)
         found = (lists.relevant & (lists.ranks <= self.depth)).any(1).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=q.shape[0])
         self.log("train/positive_retrieved", float(found), batch_size=q.shape[0])
