@@ -235,7 +235,7 @@ def test_dataset_files_missing_pieces(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         dataset_files(root)
     msg = str(err.value)
-    assert "missing queries.jsonl, qrels/<split>.tsv" in msg
+    assert "queries.jsonl is missing; no qrels/<split>.tsv file" in msg
     assert "holds: README.txt, corpus.jsonl, qrels/" in msg
 
     other = write(tmp_path / "other" / "notes.md", "x").parent

@@ -12,10 +12,11 @@ import os
 import re
 import shutil
 import tempfile
+import unicodedata
 import urllib.request
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +50,31 @@ class TextRecord:
     id: str
     text: str
     line: int  # 1-based line number in its file, for error messages downstream
+    path: Path | None = field(default=None, compare=False)  # the file that holds the line
+
+
+# Characters an id may not hold: they cannot be written to a TSV or TREC file and read back as the same id
+# (tabs, newlines, other whitespace), or they vanish or change silently on the way (NUL, which NumPy string
+# arrays drop at the end of a string; byte-order marks and other invisible format characters; lone surrogates).
+_UNSAFE_ID_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp", "Zs"}
+
+
+def check_id(path: str | Path, line: int, field_name: str, value: str) -> str:
+    """An id as the store keeps it: surrounding spaces stripped (as BEIR's loaders do), otherwise exactly as
+    given. Raises a `DataFormatError` for an empty id or one holding whitespace, control or invisible
+    characters, which no TSV, qrels or run file could name unambiguously."""
+    value = value.strip(" ")
+    if not value:
+        raise DataFormatError(path, line, field_name, "empty")
+    for position, ch in enumerate(value):
+        if unicodedata.category(ch) in _UNSAFE_ID_CATEGORIES:
+            what = unicodedata.name(ch, "a control character")
+            hint = " (a byte-order mark belongs only at the start of a file)" if ch == "\ufeff" else ""
+            problem = (f"id {value!r} holds U+{ord(ch):04X} ({what}) at position {position}{hint}; ids may not "
+                       "contain whitespace, control or invisible characters, which TSV and TREC files cannot "
+                       "carry")
+            raise DataFormatError(path, line, field_name, problem)
+    return value
 
 
 def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
@@ -56,7 +82,8 @@ def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
 
     Decodes each line separately so that invalid UTF-8 is reported on its own line (a text-mode file
     decodes in chunks and cannot say which line failed). Only "\\n" ends a line: MS MARCO texts contain
-    stray "\\r" characters that universal-newline mode would split on.
+    stray "\\r" characters that universal-newline mode would split on. A byte-order mark is dropped at the
+    start of the file and is an error at the start of any other line (files concatenated with their BOMs).
     """
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -65,6 +92,10 @@ def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
             except UnicodeDecodeError as e:
                 problem = f"not valid UTF-8 ({e.reason} at byte {e.start})"
                 raise DataFormatError(path, number, None, problem) from e
+            if line.startswith("\ufeff"):
+                problem = ("starts with a byte-order mark (U+FEFF), which belongs only at the start of a file "
+                           "(were files with BOMs concatenated?)")
+                raise DataFormatError(path, number, None, problem)
             line = line.rstrip("\n").rstrip("\r")
             if line.strip():
                 yield number, line
@@ -89,16 +120,24 @@ def _iter_beir(path: str | Path) -> Iterator[TextRecord]:
         if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
             problem = f"expected a string or integer, got {type(raw_id).__name__}"
             raise DataFormatError(path, number, "_id", problem)
-        doc_id = str(raw_id).strip()
-        if not doc_id:
-            raise DataFormatError(path, number, "_id", "empty")
+        doc_id = check_id(path, number, "_id", str(raw_id))
         if "text" not in obj:
             raise DataFormatError(path, number, "text", "missing")
-        title = obj.get("title", "")
-        for field, value in (("text", obj["text"]), ("title", title)):
+        title = obj.get("title") or ""  # null: no title
+        for name, value in (("text", obj["text"]), ("title", title)):
             if not isinstance(value, str):
-                raise DataFormatError(path, number, field, f"expected a string, got {type(value).__name__}")
-        yield TextRecord(doc_id, _join(title, obj["text"]), number)
+                raise DataFormatError(path, number, name, f"expected a string, got {type(value).__name__}")
+            _check_unicode(path, number, name, value)
+        yield TextRecord(doc_id, _join(title, obj["text"]), number, Path(path))
+
+
+def _check_unicode(path: str | Path, line: int, name: str, value: str) -> None:
+    # JSON may escape a lone surrogate ("\\ud800"), which no UTF-8 file or tokenizer can hold.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        problem = f"holds a lone surrogate U+{ord(value[e.start]):04X} at position {e.start} (invalid Unicode)"
+        raise DataFormatError(path, line, name, problem) from None
 
 
 def _iter_tsv(path: str | Path) -> Iterator[TextRecord]:
@@ -107,11 +146,9 @@ def _iter_tsv(path: str | Path) -> Iterator[TextRecord]:
         if len(cols) not in (2, 3):
             problem = f"expected 'id<TAB>text' or 'id<TAB>title<TAB>text', got {len(cols)} columns"
             raise DataFormatError(path, number, "columns", problem)
-        doc_id = cols[0].strip()
-        if not doc_id:
-            raise DataFormatError(path, number, "id", "empty")
+        doc_id = check_id(path, number, "id", cols[0])
         title, text = (cols[1], cols[2]) if len(cols) == 3 else ("", cols[1])
-        yield TextRecord(doc_id, _join(title, text), number)
+        yield TextRecord(doc_id, _join(title, text), number, Path(path))
 
 
 def iter_texts(path: str | Path) -> Iterator[TextRecord]:
@@ -129,14 +166,15 @@ def iter_texts(path: str | Path) -> Iterator[TextRecord]:
     raise DataFormatError(path, None, None, problem)
 
 
-def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+def read_qrels(path: str | Path, line_of: dict[tuple[str, str], int] | None = None) -> dict[str, dict[str, int]]:
     """qid -> {docid -> grade} from a BEIR qrels TSV (with its header) or a TREC qrels file (no header).
 
     BEIR: "query-id<TAB>corpus-id<TAB>score". TREC: "qid iter docid rel", split on any whitespace.
-    Grades are kept as given, zero and negative ones included.
+    Grades are kept as given, zero and negative ones included. `line_of`, when given, receives the line of
+    each (qid, docid) judgment, for messages about it later.
     """
     qrels: dict[str, dict[str, int]] = {}
-    first_seen: dict[tuple[str, str], int] = {}
+    first_seen: dict[tuple[str, str], int] = {} if line_of is None else line_of
     beir: bool | None = None  # decided on the first non-blank line
     for number, line in _lines(path):
         if beir is None:
@@ -144,50 +182,56 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
             if beir:
                 continue
         if beir:
-            cols, fields = line.split("\t"), ("query-id", "corpus-id", "score")
+            cols, names = line.split("\t"), ("query-id", "corpus-id", "score")
             expected = "3 tab-separated columns 'query-id corpus-id score' (BEIR)"
         else:
-            cols, fields = line.split(), ("qid", "docid", "rel")
+            cols, names = line.split(), ("qid", "docid", "rel")
             expected = ("4 columns 'qid iter docid rel' (TREC), or a BEIR file starting with the header "
                         "'query-id<TAB>corpus-id<TAB>score'")
         if len(cols) != (3 if beir else 4):
             raise DataFormatError(path, number, "columns", f"expected {expected}, got {len(cols)} columns")
-        qid, docid, score = (c.strip() for c in (cols if beir else (cols[0], cols[2], cols[3])))
-        for field, value in zip(fields[:2], (qid, docid), strict=True):
-            if not value:
-                raise DataFormatError(path, number, field, "empty")
-        try:
-            grade = int(score)
-        except ValueError:
+        qid, docid, score = cols if beir else (cols[0], cols[2], cols[3])
+        qid, docid = check_id(path, number, names[0], qid), check_id(path, number, names[1], docid)
+        grade = _grade(score.strip())
+        if grade is None:
             problem = f"expected an integer grade, got {score!r}"
-            raise DataFormatError(path, number, fields[2], problem) from None
+            raise DataFormatError(path, number, names[2], problem)
         docs = qrels.setdefault(qid, {})
         if docid in docs and docs[docid] != grade:
             problem = (f"query {qid!r} document {docid!r} has grade {grade} here "
                        f"but {docs[docid]} on line {first_seen[qid, docid]}")
-            raise DataFormatError(path, number, fields[2], problem)
+            raise DataFormatError(path, number, names[2], problem)
         first_seen.setdefault((qid, docid), number)
         docs[docid] = grade
     return qrels
 
 
-def read_negatives(path: str | Path) -> dict[str, list[str]]:
-    """qid -> given negative docids from lines "qid<TAB>docid,docid,..." (order kept, repeats dropped)."""
+def _grade(text: str) -> int | None:
+    """An integer grade; "1.0" (some exports write floats) is 1, "0.5" is not a grade."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        return int(value) if value.is_integer() else None
+
+
+def read_negatives(path: str | Path, line_of: dict[str, int] | None = None) -> dict[str, list[str]]:
+    """qid -> given negative docids from lines "qid<TAB>docid,docid,..." (order kept, repeats dropped).
+    `line_of`, when given, receives each qid's line."""
     negatives: dict[str, list[str]] = {}
-    line_of: dict[str, int] = {}
+    line_of = {} if line_of is None else line_of
     for number, line in _lines(path):
         cols = line.split("\t")
         if len(cols) != 2:
             problem = f"expected 'qid<TAB>docid,docid,...', got {len(cols)} columns"
             raise DataFormatError(path, number, "columns", problem)
-        qid, listed = cols[0].strip(), cols[1].strip()
-        if not qid:
-            raise DataFormatError(path, number, "qid", "empty")
+        qid, listed = check_id(path, number, "qid", cols[0]), cols[1].strip(" ")
         if qid in line_of:
             raise DataFormatError(path, number, "qid", f"query {qid!r} already listed on line {line_of[qid]}")
-        docids = [d.strip() for d in listed.split(",")] if listed else []
-        if not all(docids):
-            raise DataFormatError(path, number, "docids", "empty document id in the list")
+        docids = [check_id(path, number, "docids", d) for d in listed.split(",")] if listed else []
         line_of[qid] = number
         negatives[qid] = list(dict.fromkeys(docids))  # dict keeps first-seen order
     return negatives
@@ -203,11 +247,41 @@ class DatasetFiles:
     negatives: Path | None  # a file for `read_negatives`, when the dataset ships one
 
 
-def _missing(root: Path, layout: str, expected: str, missing: list[str]) -> FileNotFoundError:
+NEGATIVES_FILE = {"beir": "negatives.tsv", "msmarco": "negatives.train.tsv"}
+
+
+def file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as a data file ("is a directory", "is a dangling symlink", ...), or None."""
+    if path.is_symlink() and not path.exists():
+        return f"{path.name} is a dangling symlink (to {os.readlink(path)})"
+    if not path.exists():
+        packed = [p.name for p in path.parent.glob(f"{path.name}.*") if p.suffix in (".gz", ".bz2", ".xz", ".zip")]
+        return f"{path.name} is missing" + (f" (found {packed[0]}: decompress it)" if packed else "")
+    if path.is_dir():
+        return f"{path.name} is a directory, not a file"
+    if not path.is_file():
+        return f"{path.name} is not a regular file"
+    return None
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _incomplete(root: Path, layout: str, expected: str, problems: list[str]) -> FileNotFoundError:
     held = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir()) if root.is_dir() else []
     shown = ", ".join(held[:30]) + (f", ... ({len(held)} entries)" if len(held) > 30 else "")
-    return FileNotFoundError(f"{root}: not a complete {layout} dataset; expected {expected}; missing "
-                             f"{', '.join(missing)}; the directory holds: {shown or 'nothing'}")
+    return FileNotFoundError(f"{root}: not a complete {layout} dataset; expected {expected}; "
+                             f"{'; '.join(problems)}; the directory holds: {shown or 'nothing'}")
+
+
+def _files(paths: list[Path], what: str, problems: list[str]) -> list[Path]:
+    """The regular files among globbed `paths`; a directory or dangling link among them is a problem."""
+    bad = [p for p in paths if file_problem(p)]
+    problems += [file_problem(p) for p in bad]
+    if not paths:
+        problems.append(f"no {what} file")
+    return [p for p in paths if p not in bad]
 
 
 def dataset_files(root: str | Path) -> DatasetFiles:
@@ -215,32 +289,34 @@ def dataset_files(root: str | Path) -> DatasetFiles:
 
     BEIR: corpus.jsonl, queries.jsonl, qrels/<split>.tsv, optional negatives.tsv.
     MS MARCO: collection.tsv, queries.<split>.tsv, qrels.<split>.tsv, optional negatives.train.tsv.
+    A listed name that is a directory or a dangling symlink is reported as such, not as missing.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset directory does not exist")
-    if (root / "corpus.jsonl").is_file() or (root / "queries.jsonl").is_file() or (root / "qrels").is_dir():
-        qrels = {p.stem: p for p in sorted((root / "qrels").glob("*.tsv"))}
-        missing = [n for n in ("corpus.jsonl", "queries.jsonl") if not (root / n).is_file()]
-        if not qrels:
-            missing.append("qrels/<split>.tsv")
-        if missing:
-            raise _missing(root, "BEIR", "corpus.jsonl, queries.jsonl and qrels/<split>.tsv", missing)
-        negatives = root / "negatives.tsv"
-        return DatasetFiles(root, "beir", root / "corpus.jsonl", (root / "queries.jsonl",), qrels,
-                            negatives if negatives.is_file() else None)
-    queries = tuple(sorted(root.glob("queries.*.tsv")))
-    qrels = {p.name[len("qrels."):-len(".tsv")]: p for p in sorted(root.glob("qrels.*.tsv"))}
-    present = {"collection.tsv": (root / "collection.tsv").is_file(),
-               "queries.<split>.tsv": bool(queries), "qrels.<split>.tsv": bool(qrels)}
-    missing = [n for n, ok in present.items() if not ok]
-    if missing:
-        raise _missing(root, "BEIR or MS MARCO",
-                       "corpus.jsonl, queries.jsonl and qrels/<split>.tsv (BEIR) or collection.tsv, "
-                       "queries.<split>.tsv and qrels.<split>.tsv (MS MARCO)", missing)
-    negatives = root / "negatives.train.tsv"
-    return DatasetFiles(root, "msmarco", root / "collection.tsv", queries, qrels,
-                        negatives if negatives.is_file() else None)
+    problems: list[str] = []
+    if any(_present(root / n) for n in ("corpus.jsonl", "queries.jsonl", "qrels")):
+        layout, expected = "BEIR", "corpus.jsonl, queries.jsonl and qrels/<split>.tsv"
+        problems += [p for p in (file_problem(root / "corpus.jsonl"), file_problem(root / "queries.jsonl")) if p]
+        qrels_dir = root / "qrels"
+        listed = sorted(p for p in qrels_dir.glob("*.tsv")) if qrels_dir.is_dir() else []
+        if _present(qrels_dir) and not qrels_dir.is_dir():
+            problems.append(file_problem(qrels_dir) or "qrels is not a directory")
+        qrels = {p.stem: p for p in _files(listed, "qrels/<split>.tsv", problems)}
+        fmt, corpus, queries = "beir", root / "corpus.jsonl", (root / "queries.jsonl",)
+    else:
+        layout = "BEIR or MS MARCO"
+        expected = ("corpus.jsonl, queries.jsonl and qrels/<split>.tsv (BEIR) or collection.tsv, "
+                    "queries.<split>.tsv and qrels.<split>.tsv (MS MARCO)")
+        problems += [p for p in (file_problem(root / "collection.tsv"),) if p]
+        queries = tuple(_files(sorted(root.glob("queries.*.tsv")), "queries.<split>.tsv", problems))
+        qrels = {p.name[len("qrels."):-len(".tsv")]: p
+                 for p in _files(sorted(root.glob("qrels.*.tsv")), "qrels.<split>.tsv", problems)}
+        fmt, corpus = "msmarco", root / "collection.tsv"
+    if problems:
+        raise _incomplete(root, layout, expected, problems)
+    negatives = root / NEGATIVES_FILE[fmt]
+    return DatasetFiles(root, fmt, corpus, queries, qrels, negatives if _present(negatives) else None)
 
 
 def _download(url: str, datasets: Path, name: str) -> Path:
