@@ -34,7 +34,6 @@ def bm25() -> dict[str, float]:
     from lit_dr import BiEncoderModule, RetrievalDataModule
     from lit_dr.bm25 import bm25_search
     from lit_dr.cli import LitDrCLI
-    from lit_dr.data.formats import iter_texts
     from lit_dr.metrics import retrieval_metrics
 
     # The data module exactly as the fine-tuning config builds it (same tokenization, same dev split).
@@ -43,9 +42,8 @@ def bm25() -> dict[str, float]:
     dm.prepare_data()
     dm.setup("validate")
     rows = dm.split_rows["dev"]
-    corpus = [r.text for r in iter_texts(dm.files.corpus)]
-    texts = {r.id: r.text for p in dm.files.queries for r in iter_texts(p)}
-    scores, ranked = bm25_search(corpus, [texts[str(dm.queries.ids[q])] for q in rows], k=1000, show_progress=False)
+    # The texts the model sees: the token store's rows (BM25 then ranks exactly the stored corpus rows).
+    scores, ranked = bm25_search(list(dm.corpus.texts()), list(dm.queries.texts(rows)), k=1000, show_progress=False)
     return retrieval_metrics(scores, ranked, dm.relevance_for(rows))
 
 

@@ -41,11 +41,11 @@ def test_token_store_round_trips_the_tokenizer(tiny_beir, tiny_model_dir, cache_
 def test_token_cache_is_reused_and_keyed_on_max_length(tiny_beir, tiny_model_dir, cache_dir):
     make_dm(tiny_beir, tiny_model_dir, cache_dir)
     tmp = Path(cache_dir) / "tokens"
-    stores = sorted(p.name for p in tmp.iterdir())
+    stores = sorted(p.name for p in tmp.glob("[!.]*"))  # dot files: locks and temporary builds
     make_dm(tiny_beir, tiny_model_dir, cache_dir)
-    assert sorted(p.name for p in tmp.iterdir()) == stores  # same key: nothing rebuilt
+    assert sorted(p.name for p in tmp.glob("[!.]*")) == stores  # same key: nothing rebuilt
     make_dm(tiny_beir, tiny_model_dir, cache_dir, doc_max_length=16)
-    assert len(list(tmp.iterdir())) == len(stores) + 1
+    assert len(list(tmp.glob("[!.]*"))) == len(stores) + 1
 
 
 def test_dev_split_is_carved_from_train_deterministically(tiny_beir, tiny_model_dir, cache_dir):
@@ -171,7 +171,7 @@ def test_duplicate_ids_error_names_file_and_lines(tmp_path, tiny_model_dir, cach
     root = write_beir(tmp_path / "dup")
     with open(root / "corpus.jsonl", "a") as f:
         f.write(json.dumps({"_id": "d3", "text": "again"}) + "\n")
-    with pytest.raises(DataFormatError, match=r"corpus.jsonl:65: field '_id'.*first on line 4"):
+    with pytest.raises(DataFormatError, match=r"corpus.jsonl:65: field '_id'.*first at corpus.jsonl:4"):
         make_dm(root, tiny_model_dir, cache_dir)
     # Nothing half-built is left in the cache after the failure.
     assert not [p for p in (tmp_path.parent / "cache").rglob("*") if p.name.startswith(".corpus")]

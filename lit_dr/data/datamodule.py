@@ -14,8 +14,10 @@ from torch.utils.data import DataLoader
 
 from lit_dr.data.batches import EncodeBatch, TrainBatch
 from lit_dr.data.formats import (
+    NEGATIVES_FILE,
     DatasetFiles,
     dataset_files,
+    file_problem,
     iter_texts,
     read_negatives,
     read_qrels,
@@ -87,6 +89,9 @@ class RetrievalDataModule(L.LightningDataModule):
         self.negatives = NegativesTable({})
         self._queries_of_doc: dict[int, set[int]] | None = None
         self._files: DatasetFiles | None = None
+        self._loaded = False  # stores, splits and judgments: set together, only by a `setup` that succeeds
+        self._initial_negatives_set = False
+        self._empty_because: dict[str, str] = {}  # split -> why it has no queries
 
     # -- locations -------------------------------------------------------------------------------------
     @property
@@ -121,14 +126,9 @@ class RetrievalDataModule(L.LightningDataModule):
         if not build:
             raise RuntimeError(f"token cache {directory} missing: prepare_data() must run first")
 
-        def records():
-            for source in sources:
-                yield from iter_texts(source)
-
-        return build_store(
-            records(), sources[0], tokenizer, max_length, directory, self.hparams.duplicate_ids,
-            self.hparams.show_progress,
-        )
+        records = (record for source in sources for record in iter_texts(source))
+        return build_store(records, sources, tokenizer, max_length, directory, self.hparams.duplicate_ids,
+                           self.hparams.show_progress)
 
     # -- Lightning hooks -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -137,76 +137,123 @@ class RetrievalDataModule(L.LightningDataModule):
         self._store("queries", build=True)
 
     def setup(self, stage: str | None = None) -> None:
-        if getattr(self, "corpus", None) is not None:
-            return
-        self.corpus = self._store("corpus", build=True)
-        self.queries = self._store("queries", build=True)
-        self.split_rows: dict[str, np.ndarray] = {}
-        self.relevance: dict[int, dict[int, int]] = {}  # query row -> {corpus row: grade}
-        qrels = dict(self.files.qrels)
-        for split, path in qrels.items():
-            self.split_rows[split] = self._load_qrels(path)
-        if "dev" not in qrels and "train" in self.split_rows:
-            train_rows = self.split_rows["train"]
-            train_ids, dev_ids = split_dev([str(self.queries.ids[r]) for r in train_rows],
+        """Load the stores, splits and judgments (once), then what `stage` needs: for fit, a non-empty training
+        split and the initial negatives. All or nothing: after a failure, the next call starts over."""
+        if not self._loaded:
+            self._load()
+        if stage == "fit":
+            train = self.require_split("train")
+            if self.hparams.num_negatives >= len(self.corpus):
+                raise ValueError(f"num_negatives={self.hparams.num_negatives} needs a corpus of more documents than "
+                                 f"that; {self.files.corpus} has {len(self.corpus)}")
+            world = self.trainer.world_size if self.trainer else 1
+            if len(train) // world < self.hparams.train_batch_size:
+                raise ValueError(
+                    f"the training split has {len(train)} queries ({self.files.qrels['train']}, after carving the dev "
+                    f"split) for {world} process(es): fewer than train_batch_size={self.hparams.train_batch_size} "
+                    "each, so not one full batch (a partial last batch is dropped: in-batch negatives need full "
+                    "batches). Lower train_batch_size.")
+        if stage in (None, "fit") and len(self.split_rows.get("train", ())):
+            if self.hparams.num_negatives > 0 and not self._initial_negatives_set:
+                self.set_negatives(self._initial_negatives())
+                self._initial_negatives_set = True
+
+    def _load(self) -> None:
+        self._files = None  # the directory may have been fixed since a failed call
+        corpus = self._store("corpus", build=True)
+        queries = self._store("queries", build=True)
+        split_rows: dict[str, np.ndarray] = {}
+        judgments: dict[str, dict[int, dict[int, int]]] = {}  # split -> query row -> {corpus row: grade}
+        empty_because: dict[str, str] = {}
+        for split, path in self.files.qrels.items():
+            judgments[split] = {}
+            split_rows[split], why = _load_qrels(path, corpus, queries, judgments[split])
+            if not len(split_rows[split]):
+                empty_because[split] = f"{path}: {why}"
+        if "dev" not in split_rows and len(split_rows.get("train", ())):
+            train_rows = split_rows["train"]
+            train_ids, dev_ids = split_dev([str(queries.ids[r]) for r in train_rows],
                                            self.hparams.dev_fraction, self.hparams.seed)
-            self.split_rows["train"] = np.array([self.queries.row_of[i] for i in train_ids], dtype=np.int64)
-            self.split_rows["dev"] = np.array([self.queries.row_of[i] for i in dev_ids], dtype=np.int64)
+            split_rows["train"] = np.array([queries.row_of[i] for i in train_ids], dtype=np.int64)
+            split_rows["dev"] = np.array([queries.row_of[i] for i in dev_ids], dtype=np.int64)
+            judgments["dev"] = {r: judgments["train"][r] for r in split_rows["dev"].tolist()}
+            if not dev_ids:
+                empty_because["dev"] = (f"no qrels/dev file, and dev_fraction {self.hparams.dev_fraction} of "
+                                        f"{len(train_rows)} training queries rounds to 0")
             log.info("no qrels/dev.tsv: carved %d dev queries out of %d training queries (fraction %.2f, seed %d)",
                      len(dev_ids), len(train_rows), self.hparams.dev_fraction, self.hparams.seed)
+        _warn_overlap(split_rows, self.files.qrels)
+        # One query may be judged in two splits' files, differently: each split keeps its own judgments;
+        # `relevance` (training: positives, negatives to exclude) prefers the training split's.
+        relevance: dict[int, dict[int, int]] = {}
+        for split in sorted(judgments, key=lambda name: name == "train"):
+            relevance.update(judgments[split])
+        # Assigned together, last: a failure above leaves the object as it was.
+        self.corpus, self.queries, self.split_rows, self.relevance = corpus, queries, split_rows, relevance
+        self.judgments = judgments
         self.positives = {q: np.array([d for d, g in rel.items() if g > 0], dtype=np.int64)
-                          for q, rel in self.relevance.items()}
-        if "train" in self.split_rows and self.hparams.num_negatives > 0:
-            self.set_negatives(self._initial_negatives())
+                          for q, rel in relevance.items()}
+        self._empty_because, self._queries_of_doc = empty_because, None
+        self._loaded, self._initial_negatives_set = True, False
 
-    def _load_qrels(self, path: Path) -> np.ndarray:
-        """Rows of the queries of one qrels file with at least one relevant, known document."""
-        unknown_queries, unknown_docs, rows = set(), 0, []
-        for qid, docs in read_qrels(path).items():
-            qrow = self.queries.row_of.get(qid)
-            if qrow is None:
-                unknown_queries.add(qid)
-                continue
-            rel = {}
-            for did, grade in docs.items():
-                drow = self.corpus.row_of.get(did)
-                if drow is None:
-                    unknown_docs += 1
-                else:
-                    rel[drow] = grade
-            if any(g > 0 for g in rel.values()):
-                self.relevance[qrow] = rel
-                rows.append(qrow)
-        if unknown_queries or unknown_docs:
-            log.warning("%s: %d judgments name unknown documents and %d unknown queries (e.g. %s); ignored",
-                        path, unknown_docs, len(unknown_queries), sorted(unknown_queries)[:3])
-        return np.array(sorted(rows), dtype=np.int64)
+    def require_split(self, split: str) -> np.ndarray:
+        """The query rows of `split`, or an error naming its qrels file and why it has none."""
+        if split not in self.split_rows:
+            raise ValueError(f"no qrels for split {split!r} in {self.files.root} (have: {sorted(self.split_rows)})")
+        if not len(self.split_rows[split]):
+            raise ValueError(f"split {split!r} has no queries with a relevant judged document: "
+                             f"{self._empty_because.get(split, 'none')}")
+        return self.split_rows[split]
 
     def _initial_negatives(self) -> NegativesTable:
         train = self.split_rows["train"]
         if self.hparams.negatives == "none":
             return NegativesTable({})
         if self.hparams.negatives == "file":
-            if self.files.negatives is None:
-                raise FileNotFoundError(f"negatives='file' but {self.files.root} has no negatives file")
-            given = read_negatives(self.files.negatives)
-            cand = {}
-            for q in train:
-                ids = given.get(str(self.queries.ids[q]), [])
-                rows = [self.corpus.row_of[i] for i in ids if i in self.corpus.row_of]
-                cand[int(q)] = np.array([r for r in rows if r not in self.relevance[q]], dtype=np.int64)
-            return NegativesTable(cand, source=str(self.files.negatives))
+            return self._file_negatives(train)
         return self._bm25_negatives(train)
 
+    def _file_negatives(self, train: np.ndarray) -> NegativesTable:
+        files = self.files
+        looked_for = files.root / NEGATIVES_FILE[files.format]
+        if files.negatives is None:
+            raise FileNotFoundError(f"negatives='file' but {files.root} has no negatives file "
+                                    f"(looked for {looked_for.name})")
+        if problem := file_problem(files.negatives):
+            raise FileNotFoundError(f"negatives='file': {files.root}: {problem}")
+        line_of: dict[str, int] = {}
+        given = read_negatives(files.negatives, line_of)
+        unknown_queries = [q for q in given if q not in self.queries.row_of]
+        unknown_docs = [(q, d) for q, ds in given.items() for d in ds if d not in self.corpus.row_of]
+        training = set(train.tolist())
+        candidates, judged, without = {}, 0, 0
+        for q in train.tolist():
+            ids = given.get(str(self.queries.ids[q]), [])
+            rows = [self.corpus.row_of[i] for i in ids if i in self.corpus.row_of]
+            kept = [r for r in rows if r not in self.relevance[q]]
+            judged += len(rows) - len(kept)
+            without += not kept
+            candidates[q] = np.array(kept, dtype=np.int64)
+        path = files.negatives
+        if unknown_queries or unknown_docs:
+            example = (f"query {unknown_queries[0]!r} on line {line_of[unknown_queries[0]]}" if unknown_queries else
+                       f"document {unknown_docs[0][1]!r} on line {line_of[unknown_docs[0][0]]}")
+            log.warning("%s: %d negatives name unknown documents and %d lines unknown queries (e.g. %s); ignored",
+                        path, len(unknown_docs), len(unknown_queries), example)
+        outside = sum(1 for q in given if q in self.queries.row_of and self.queries.row_of[q] not in training)
+        if judged or outside or without:
+            log.info("%s: %d listed negatives are judged for their query and dropped; %d listed queries are not "
+                     "training queries; %d training queries have no given negative (drawn at random instead)",
+                     path, judged, outside, without)
+        return NegativesTable(candidates, source=str(path))
+
     def _bm25_negatives(self, train: np.ndarray) -> NegativesTable:
+        """BM25 over exactly the stored corpus rows, in store order, so its row numbers are the store's."""
         from lit_dr.bm25 import bm25_search, hard_negatives_from_ranking
 
-        corpus_texts = [r.text for r in iter_texts(self.files.corpus)]
-        query_texts = {r.id: r.text for p in self.files.queries for r in iter_texts(p)}
-        texts = [query_texts[str(self.queries.ids[q])] for q in train]
         depth = self.hparams.bm25_depth
-        _, ranked = bm25_search(corpus_texts, texts, k=depth, cache_dir=self.cache_dir / "bm25",
-                                show_progress=self.hparams.show_progress)
+        _, ranked = bm25_search(list(self.corpus.texts()), list(self.queries.texts(train.tolist())), k=depth,
+                                cache_dir=self.cache_dir / "bm25", show_progress=self.hparams.show_progress)
         relevant = [set(self.relevance[q]) for q in train]
         mined = hard_negatives_from_ranking(ranked, relevant, depth)
         return NegativesTable({int(q): m for q, m in zip(train, mined, strict=True)}, source=f"bm25@{depth}")
@@ -215,8 +262,10 @@ class RetrievalDataModule(L.LightningDataModule):
     def set_negatives(self, table: NegativesTable) -> None:
         self.negatives = table
 
-    def relevance_for(self, query_rows: np.ndarray) -> list[dict[int, int]]:
-        return [self.relevance.get(int(q), {}) for q in query_rows]
+    def relevance_for(self, query_rows: np.ndarray, split: str | None = None) -> list[dict[int, int]]:
+        """{corpus row: grade} per query row, as judged in `split`'s qrels (None: training's first, then any)."""
+        judged = self.relevance if split is None else self.judgments.get(split, {})
+        return [judged.get(int(q), {}) for q in query_rows]
 
     # -- training batches: the loader yields query rows; documents are attached when the batch is used ----
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
@@ -271,7 +320,7 @@ class RetrievalDataModule(L.LightningDataModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         skip = self._resume_consumed * self.hparams.train_batch_size
         self._resume_consumed = 0
-        self.sampler = EpochSampler(len(self.split_rows["train"]), self.hparams.seed, world, rank, skip, self.epoch)
+        self.sampler = EpochSampler(len(self.require_split("train")), self.hparams.seed, world, rank, skip, self.epoch)
         return DataLoader(
             self.split_rows["train"].tolist(),
             batch_size=self.hparams.train_batch_size,
@@ -289,10 +338,8 @@ class RetrievalDataModule(L.LightningDataModule):
         return EncodeBatch(tokens=self.queries.batch(rows), rows=torch.from_numpy(rows))
 
     def query_dataloader(self, split: str) -> DataLoader:
-        if split not in self.split_rows:
-            raise ValueError(f"no qrels for split {split!r} in {self.files.root} (have: {sorted(self.split_rows)})")
         return DataLoader(
-            self.split_rows[split].tolist(),
+            self.require_split(split).tolist(),
             batch_size=self.hparams.eval_batch_size,
             collate_fn=self.collate_encode,
         )
@@ -314,3 +361,56 @@ class RetrievalDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.consumed = state["epoch"], state["consumed"]
         self._resume_consumed = state["consumed"]
+
+
+def _warn_overlap(split_rows: dict[str, np.ndarray], qrels: dict[str, Path]) -> None:
+    """A query judged in the training split and in an evaluation split leaks into its evaluation: say so."""
+    train = set(split_rows.get("train", np.empty(0)).tolist())
+    for split, rows in split_rows.items():
+        shared = len(train & set(rows.tolist())) if split != "train" else 0
+        if shared:
+            log.warning("%d of the %d %s queries are also training queries (%s and %s); each split is evaluated "
+                        "with its own judgments", shared, len(rows), split, qrels.get(split, "carved dev split"),
+                        qrels.get("train"))
+
+
+def _load_qrels(path: Path, corpus: TokenStore, queries: TokenStore,
+                relevance: dict[int, dict[int, int]]) -> tuple[np.ndarray, str]:
+    """Rows of the queries of one qrels file with at least one relevant, known document (their judgments go
+    into `relevance`), and why there are none when there are none."""
+    line_of: dict[tuple[str, str], int] = {}
+    qrels = read_qrels(path, line_of)
+    unknown_queries: dict[str, int] = {}  # id -> first line naming it
+    unknown_docs: dict[tuple[str, str], int] = {}
+    judgments = relevant = 0
+    rows = []
+    for qid, docs in qrels.items():
+        qrow = queries.row_of.get(qid)
+        rel = {}
+        for did, grade in docs.items():
+            judgments += 1
+            relevant += grade > 0
+            if qrow is None:
+                unknown_queries.setdefault(qid, line_of[qid, did])
+            elif (drow := corpus.row_of.get(did)) is None:
+                unknown_docs[qid, did] = line_of[qid, did]
+            else:
+                rel[drow] = grade
+        if any(g > 0 for g in rel.values()):
+            relevance[qrow] = rel
+            rows.append(qrow)
+    if unknown_queries or unknown_docs:
+        first = sorted([(line, f"query {q!r}") for q, line in unknown_queries.items()]
+                       + [(line, f"document {d!r}") for (_, d), line in unknown_docs.items()])[0]
+        log.warning("%s: %d judgments name unknown documents and %d unknown queries (e.g. %s on line %d); ignored",
+                    path, len(unknown_docs), len(unknown_queries), first[1], first[0])
+    if not judgments:
+        why = "it holds no judgments"
+    elif not relevant:
+        why = f"none of its {judgments} judgments is relevant (grade > 0)"
+    else:
+        why = (f"its {relevant} relevant judgments name no known query with a known document "
+               f"({len(unknown_queries)} unknown queries, {len(unknown_docs)} judgments of unknown documents; "
+               f"corpus {', '.join(p.name for p in corpus.sources)}, queries "
+               f"{', '.join(p.name for p in queries.sources)})")
+    return np.array(sorted(rows), dtype=np.int64), why

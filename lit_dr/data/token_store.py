@@ -1,9 +1,12 @@
 """Tokenized texts cached on disk and memory-mapped, so a corpus of millions never lives in Python objects.
 
-A store is a directory with `tokens.bin` (N, max_length) raw int32 padded token ids (shape in `meta.json`), `lengths.npy` (N,) int32 and
-`ids.npy` (N,) the string ids; rows keep the order of the source file. It is built once per (source files,
-tokenizer, max length) and written to a temporary directory that is renamed into place, so a killed build
-never leaves a half store behind.
+A store is the one record of a source's rows: everything downstream (batches, BM25, id -> row maps, run files)
+reads it, never the raw files again, so duplicates skipped or texts chosen while building it cannot disagree
+with anything later. It is a directory with `tokens.bin` (N, max_length) raw int32 padded token ids (shape in
+`meta.json`), `lengths.npy` (N,) int32, `ids.npy` (N,) the string ids, and the texts as UTF-8 in `texts.bin`
+with `text_offsets.npy` (N + 1,) int64; rows keep the order of the source files. It is built once per (source
+files' contents, tokenizer, max length), under a file lock (a second process waits, then reuses it), in a
+temporary directory that is renamed into place, so a killed build never leaves a half store behind.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -25,8 +29,9 @@ from lit_dr.data.batches import TokenBatch
 from lit_dr.data.formats import DataFormatError, TextRecord
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: texts stored beside the tokens
 _CHUNK = 4096
+_fingerprints: dict[tuple, str] = {}
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -36,12 +41,26 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
+def file_fingerprint(path: Path) -> str:
+    """sha256 of the file's bytes (about 0.5 s per GB from the page cache here; `benchmarks/fingerprint_cost.py`).
+
+    Size and mtime alone miss a same-size edit whose mtime was preserved (`cp -p`, tar, `rsync -t`, coarse
+    timestamps). The digest is remembered within this process while the file's inode, size, mtime and ctime
+    stay the same (ctime cannot be set back by those tools), so prepare_data and setup hash a file once.
+    """
+    st = Path(path).stat()
+    identity = (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if identity not in _fingerprints:
+        with open(path, "rb") as f:
+            _fingerprints[identity] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _fingerprints[identity]
+
+
 def store_key(sources: Sequence[Path], tokenizer, max_length: int) -> str:
-    """Cache key from the source files' identity (path, size, mtime), the tokenizer and the max length."""
+    """Cache key from the source files' contents (and names, in order), the tokenizer and the max length."""
     h = hashlib.sha256(f"v{FORMAT_VERSION}|{tokenizer_fingerprint(tokenizer)}|{max_length}".encode())
     for p in sources:
-        st = Path(p).stat()
-        h.update(f"|{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(f"|{Path(p).name}|{file_fingerprint(Path(p))}".encode())
     return h.hexdigest()[:24]
 
 
@@ -57,6 +76,11 @@ class TokenStore:
             self.directory / "tokens.bin", dtype=np.int32, mode="r", shape=(len(self.lengths), meta["max_length"])
         )
         self.pad_id = int(meta["pad_id"])
+        self.sources = [Path(p) for p in meta["sources"]]
+        self.lines = np.load(self.directory / "lines.npy", mmap_mode="r")  # (N,) line of each row in its file
+        self.source_index = np.load(self.directory / "source_index.npy", mmap_mode="r")  # (N,) index into sources
+        self.text_offsets = np.load(self.directory / "text_offsets.npy", mmap_mode="r")  # (N + 1,) int64
+        self._texts = np.memmap(self.directory / "texts.bin", dtype=np.uint8, mode="r") if self.text_offsets[-1] else None
         self._row_of: dict[str, int] | None = None
 
     def __len__(self) -> int:
@@ -69,6 +93,19 @@ class TokenStore:
             self._row_of = {str(i): r for r, i in enumerate(self.ids)}
         return self._row_of
 
+    def where(self, row: int) -> str:
+        """"file:line" of a row, for messages."""
+        return f"{self.sources[int(self.source_index[row])].name}:{int(self.lines[row])}"
+
+    def text(self, row: int) -> str:
+        """The text of one row, exactly as tokenized (title and text joined)."""
+        start, end = int(self.text_offsets[row]), int(self.text_offsets[row + 1])
+        return bytes(self._texts[start:end]).decode("utf-8") if end > start else ""
+
+    def texts(self, rows: Iterable[int] | None = None) -> Iterator[str]:
+        """Texts of `rows` (all, in row order, when None), streamed."""
+        return (self.text(r) for r in (range(len(self)) if rows is None else rows))
+
     def batch(self, rows: np.ndarray | Sequence[int]) -> TokenBatch:
         rows = np.asarray(rows, dtype=np.int64)
         lengths = self.lengths[rows]  # (N,)
@@ -80,32 +117,51 @@ class TokenStore:
 
 def build_store(
     records: Iterable[TextRecord],
-    source: Path,
+    sources: Sequence[Path],
     tokenizer,
     max_length: int,
     directory: Path,
     duplicate_ids: Literal["error", "keep_first"] = "error",
     show_progress: bool = True,
 ) -> TokenStore:
-    """Tokenize `records` (streamed, in chunks) into a new store at `directory` and open it.
+    """The store at `directory`, tokenizing `records` (streamed, in chunks) into it unless it exists.
 
-    Duplicate ids raise a `DataFormatError` naming both lines, or with `keep_first` keep the first occurrence
-    and log one counted warning. Empty texts are kept (a document may be judged relevant even if empty) and
-    counted in one warning.
+    A file lock beside `directory` makes concurrent builders of the same store (two fits started at once on a
+    cold cache) wait for the first and reuse its result. Duplicate ids raise a `DataFormatError` naming both
+    places, or with `keep_first` keep the first occurrence and log one counted warning. Empty texts are kept
+    (a document may be judged relevant even if empty) and counted in one warning.
     """
-    from tqdm.auto import tqdm
+    from filelock import FileLock
 
     directory.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(directory.parent / f".{directory.name}.lock")):
+        if not directory.exists():
+            _build(records, sources, tokenizer, max_length, directory, duplicate_ids, show_progress)
+    return TokenStore(directory)
+
+
+def _where(path: Path | None, line: int, sources: Sequence[Path]) -> str:
+    return f"{(path or sources[0]).name}:{line}"
+
+
+def _build(records, sources, tokenizer, max_length, directory, duplicate_ids, show_progress) -> None:
+    from tqdm.auto import tqdm
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        first_line: dict[str, int] = {}
+        row_of: dict[str, int] = {}
         ids: list[str] = []
         lengths: list[np.ndarray] = []
-        duplicates: list[tuple[str, int]] = []
-        empty: list[tuple[str, int]] = []
+        # Per row: where it came from (source file index, line) and where its text ends in texts.bin.
+        source_index, lines, offsets = array("h"), array("q"), array("q", [0])
+        file_index = {p: i for i, p in enumerate(sources)}
+        duplicates, empty = 0, 0  # counted, and the first of each kept for the warning
+        first_duplicate: tuple[TextRecord, int] | None = None
+        first_empty: TextRecord | None = None
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        with open(tmp / "tokens.bin", "wb") as out, tqdm(
-            desc=f"tokenize {source.name}", unit=" texts", disable=not show_progress
+        names = ", ".join(p.name for p in sources)
+        with open(tmp / "tokens.bin", "wb") as out, open(tmp / "texts.bin", "wb") as texts_out, tqdm(
+            desc=f"tokenize {names}", unit=" texts", disable=not show_progress
         ) as bar:
             chunk: list[TextRecord] = []
 
@@ -119,17 +175,27 @@ def build_store(
                 bar.update(len(chunk))
                 chunk.clear()
 
+            def where(row: int) -> str:
+                return _where(sources[source_index[row]], lines[row], sources)
+
             for rec in records:
-                if rec.id in first_line:
+                if rec.id in row_of:
                     if duplicate_ids == "error":
-                        raise DataFormatError(
-                            source, rec.line, "_id", f"duplicate id {rec.id!r} (first on line {first_line[rec.id]})"
-                        )
-                    duplicates.append((rec.id, rec.line))
+                        path = rec.path or sources[0]
+                        problem = f"duplicate id {rec.id!r} (first at {where(row_of[rec.id])})"
+                        raise DataFormatError(path, rec.line, "_id" if path.suffix == ".jsonl" else "id", problem)
+                    duplicates += 1
+                    first_duplicate = first_duplicate or (rec, row_of[rec.id])
                     continue
-                first_line[rec.id] = rec.line
+                row_of[rec.id] = len(ids)
                 if not rec.text.strip():
-                    empty.append((rec.id, rec.line))
+                    empty += 1
+                    first_empty = first_empty or rec
+                data = rec.text.encode("utf-8")
+                texts_out.write(data)
+                offsets.append(offsets[-1] + len(data))
+                source_index.append(file_index.get(rec.path, 0))
+                lines.append(rec.line)
                 ids.append(rec.id)
                 chunk.append(rec)
                 if len(chunk) == _CHUNK:
@@ -137,22 +203,24 @@ def build_store(
             if chunk:
                 flush()
         if not ids:
-            raise DataFormatError(source, None, None, "no records")
+            raise DataFormatError(names, None, None, "no records (every line is blank)")
         np.save(tmp / "lengths.npy", np.concatenate(lengths))
         np.save(tmp / "ids.npy", np.array(ids))
-        (tmp / "meta.json").write_text(json.dumps({"source": str(source), "max_length": max_length, "pad_id": pad_id}))
-        if directory.exists():  # another process finished the same build first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, directory)
+        np.save(tmp / "text_offsets.npy", np.frombuffer(offsets, dtype=np.int64))
+        np.save(tmp / "lines.npy", np.frombuffer(lines, dtype=np.int64))
+        np.save(tmp / "source_index.npy", np.frombuffer(source_index, dtype=np.int16))
+        meta = {"sources": [str(p) for p in sources], "max_length": max_length, "pad_id": pad_id}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        tmp.chmod(0o755)  # mkdtemp creates 0700; a cache is meant to be shared
+        os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if duplicates:
-        log.warning(
-            "%s: %d duplicate ids skipped, first occurrence kept (first duplicate: %r on line %d)",
-            source, len(duplicates), *duplicates[0],
-        )
-    if empty:
-        log.warning("%s: %d empty texts kept (first: id %r on line %d)", source, len(empty), *empty[0])
-    return TokenStore(directory)
+    if first_duplicate is not None:
+        dup, kept = first_duplicate
+        log.warning("%s: %d duplicate ids skipped, first occurrence kept (first duplicate: %r at %s, kept from %s)",
+                    names, duplicates, dup.id, _where(dup.path, dup.line, sources),
+                    _where(sources[source_index[kept]], lines[kept], sources))
+    if first_empty is not None:
+        log.warning("%s: %d empty texts kept (first: id %r at %s)", names, empty, first_empty.id,
+                    _where(first_empty.path, first_empty.line, sources))
