@@ -14,7 +14,6 @@ from lit_dr.metrics import read_trec_run
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OBJECTIVES = sorted(p for p in CONFIGS.glob("*.yaml"))
 FRAGMENTS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name != "sweeps")
-SWEEPS = sorted(CONFIGS.glob("sweeps/*.yaml"))
 
 
 def build(args: list[str]) -> LitDrCLI:
@@ -53,21 +52,6 @@ def test_fragment_stacks_on_an_objective(path, monkeypatch, capsys):
     flat = dict(leaves(resolved))
     for key, value in leaves(yaml.safe_load(path.read_text())):
         assert flat.get(key) == value, (key, flat.get(key), value)
-
-
-@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
-def test_sweep_overrides_parse(path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    sweep = yaml.safe_load(path.read_text())
-    config = sweep["command"][sweep["command"].index("--config") + 1]
-    overrides = []
-    for key, spec in sweep["parameters"].items():
-        value = spec["values"][0] if "values" in spec else spec["min"]
-        overrides.append(f"--{key}={value}")
-    cli = build(["--config", str(CONFIGS.parent / config), *overrides])
-    for key, spec in sweep["parameters"].items():
-        if key == "model.init_args.temperature":
-            assert cli.model.temperature == spec["values"][0]
 
 
 def tiny_config(tmp_path, tiny_beir, tiny_model_dir, cache_dir) -> Path:
