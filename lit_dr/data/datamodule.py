@@ -19,11 +19,10 @@ from lit_dr.data.formats import (
     dataset_files,
     file_problem,
     iter_texts,
-    read_negatives,
-    read_qrels,
     resolve_dataset,
     split_dev,
 )
+from lit_dr.data.judgments import given_negatives, load_qrels, warn_overlap
 from lit_dr.data.sampling import EpochSampler, NegativesTable, draw_rows
 from lit_dr.data.token_store import TokenStore, build_store, store_key
 
@@ -167,7 +166,7 @@ class RetrievalDataModule(L.LightningDataModule):
         empty_because: dict[str, str] = {}
         for split, path in self.files.qrels.items():
             judgments[split] = {}
-            split_rows[split], why = _load_qrels(path, corpus, queries, judgments[split])
+            split_rows[split], why = load_qrels(path, corpus, queries, judgments[split])
             if not len(split_rows[split]):
                 empty_because[split] = f"{path}: {why}"
         if "dev" not in split_rows and len(split_rows.get("train", ())):
@@ -182,7 +181,7 @@ class RetrievalDataModule(L.LightningDataModule):
                                         f"{len(train_rows)} training queries rounds to 0")
             log.info("no qrels/dev.tsv: carved %d dev queries out of %d training queries (fraction %.2f, seed %d)",
                      len(dev_ids), len(train_rows), self.hparams.dev_fraction, self.hparams.seed)
-        _warn_overlap(split_rows, self.files.qrels)
+        warn_overlap(split_rows, self.files.qrels)
         # One query may be judged in two splits' files, differently: each split keeps its own judgments;
         # `relevance` (training: positives, negatives to exclude) prefers the training split's.
         relevance: dict[int, dict[int, int]] = {}
@@ -221,31 +220,7 @@ class RetrievalDataModule(L.LightningDataModule):
                                     f"(looked for {looked_for.name})")
         if problem := file_problem(files.negatives):
             raise FileNotFoundError(f"negatives='file': {files.root}: {problem}")
-        line_of: dict[str, int] = {}
-        given = read_negatives(files.negatives, line_of)
-        unknown_queries = [q for q in given if q not in self.queries.row_of]
-        unknown_docs = [(q, d) for q, ds in given.items() for d in ds if d not in self.corpus.row_of]
-        training = set(train.tolist())
-        candidates, judged, without = {}, 0, 0
-        for q in train.tolist():
-            ids = given.get(str(self.queries.ids[q]), [])
-            rows = [self.corpus.row_of[i] for i in ids if i in self.corpus.row_of]
-            kept = [r for r in rows if r not in self.relevance[q]]
-            judged += len(rows) - len(kept)
-            without += not kept
-            candidates[q] = np.array(kept, dtype=np.int64)
-        path = files.negatives
-        if unknown_queries or unknown_docs:
-            example = (f"query {unknown_queries[0]!r} on line {line_of[unknown_queries[0]]}" if unknown_queries else
-                       f"document {unknown_docs[0][1]!r} on line {line_of[unknown_docs[0][0]]}")
-            log.warning("%s: %d negatives name unknown documents and %d lines unknown queries (e.g. %s); ignored",
-                        path, len(unknown_docs), len(unknown_queries), example)
-        outside = sum(1 for q in given if q in self.queries.row_of and self.queries.row_of[q] not in training)
-        if judged or outside or without:
-            log.info("%s: %d listed negatives are judged for their query and dropped; %d listed queries are not "
-                     "training queries; %d training queries have no given negative (drawn at random instead)",
-                     path, judged, outside, without)
-        return NegativesTable(candidates, source=str(path))
+        return given_negatives(files.negatives, self.corpus, self.queries, train, self.relevance)
 
     def _bm25_negatives(self, train: np.ndarray) -> NegativesTable:
         """BM25 over exactly the stored corpus rows, in store order, so its row numbers are the store's."""
@@ -361,56 +336,3 @@ class RetrievalDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.consumed = state["epoch"], state["consumed"]
         self._resume_consumed = state["consumed"]
-
-
-def _warn_overlap(split_rows: dict[str, np.ndarray], qrels: dict[str, Path]) -> None:
-    """A query judged in the training split and in an evaluation split leaks into its evaluation: say so."""
-    train = set(split_rows.get("train", np.empty(0)).tolist())
-    for split, rows in split_rows.items():
-        shared = len(train & set(rows.tolist())) if split != "train" else 0
-        if shared:
-            log.warning("%d of the %d %s queries are also training queries (%s and %s); each split is evaluated "
-                        "with its own judgments", shared, len(rows), split, qrels.get(split, "carved dev split"),
-                        qrels.get("train"))
-
-
-def _load_qrels(path: Path, corpus: TokenStore, queries: TokenStore,
-                relevance: dict[int, dict[int, int]]) -> tuple[np.ndarray, str]:
-    """Rows of the queries of one qrels file with at least one relevant, known document (their judgments go
-    into `relevance`), and why there are none when there are none."""
-    line_of: dict[tuple[str, str], int] = {}
-    qrels = read_qrels(path, line_of)
-    unknown_queries: dict[str, int] = {}  # id -> first line naming it
-    unknown_docs: dict[tuple[str, str], int] = {}
-    judgments = relevant = 0
-    rows = []
-    for qid, docs in qrels.items():
-        qrow = queries.row_of.get(qid)
-        rel = {}
-        for did, grade in docs.items():
-            judgments += 1
-            relevant += grade > 0
-            if qrow is None:
-                unknown_queries.setdefault(qid, line_of[qid, did])
-            elif (drow := corpus.row_of.get(did)) is None:
-                unknown_docs[qid, did] = line_of[qid, did]
-            else:
-                rel[drow] = grade
-        if any(g > 0 for g in rel.values()):
-            relevance[qrow] = rel
-            rows.append(qrow)
-    if unknown_queries or unknown_docs:
-        first = sorted([(line, f"query {q!r}") for q, line in unknown_queries.items()]
-                       + [(line, f"document {d!r}") for (_, d), line in unknown_docs.items()])[0]
-        log.warning("%s: %d judgments name unknown documents and %d unknown queries (e.g. %s on line %d); ignored",
-                    path, len(unknown_docs), len(unknown_queries), first[1], first[0])
-    if not judgments:
-        why = "it holds no judgments"
-    elif not relevant:
-        why = f"none of its {judgments} judgments is relevant (grade > 0)"
-    else:
-        why = (f"its {relevant} relevant judgments name no known query with a known document "
-               f"({len(unknown_queries)} unknown queries, {len(unknown_docs)} judgments of unknown documents; "
-               f"corpus {', '.join(p.name for p in corpus.sources)}, queries "
-               f"{', '.join(p.name for p in queries.sources)})")
-    return np.array(sorted(rows), dtype=np.int64), why
