@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import warnings
 
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lit_dr.atomic import atomic_file
+from lit_dr.commands import COMMANDS, run_command
 from lit_dr.data.datamodule import RetrievalDataModule
 from lit_dr.modules.base import BiEncoderModule
 from lit_dr.run_dir import run_directory
@@ -27,19 +32,54 @@ class SaveRunConfig(SaveConfigCallback):
             logger.log_hyperparams({"config": self.config.as_dict()})
 
 
+DEFAULT_ROOT_DIR = "runs"
+# Model options that do not change the weights: the command line and config win over a checkpoint's saved values.
+RUN_OPTIONS = ("run_dir", "eval_depth", "index_factory", "embedding_dir", "embedding_dtype")
+
+
 def default_logger() -> dict:
-    """W&B, offline unless an API key is configured, so a run never waits on the network."""
+    """W&B, offline unless an API key is configured, so a run never waits on the network. Its `save_dir` is the
+    trainer's `default_root_dir` (`place_run`)."""
     online = bool(os.environ.get("WANDB_API_KEY")) or os.environ.get("WANDB_MODE") == "online"
     return {
         "class_path": "lightning.pytorch.loggers.WandbLogger",
-        "init_args": {"project": "lit-dr", "save_dir": "runs", "offline": not online},
+        "init_args": {"project": "lit-dr", "offline": not online},
     }
+
+
+def place_run(trainer: Namespace) -> None:
+    """`--trainer.default_root_dir` places the run, as Lightning users expect: every logger whose `save_dir` was
+    not given (absent, or W&B's default ".") writes under it, and checkpoints follow the logger. A `save_dir` given
+    in a config or on the command line wins."""
+    root = trainer.get("default_root_dir") or DEFAULT_ROOT_DIR
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
+            if logger.init_args.get("save_dir") in (None, "", "."):
+                logger.init_args.save_dir = root
 
 
 class LitDrCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The data module tokenizes with the model's own tokenizer.
         parser.link_arguments("model.init_args.encoder.init_args.model_name_or_path", "data.tokenizer")
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Lightning next overlays a `--ckpt_path` checkpoint's saved hyperparameters on this config; options that do
+        # not change the weights are this command's business, so their values are kept here and restored after.
+        subcommand = self.config.get("subcommand")
+        model = (self.config[subcommand] if subcommand else self.config).get("model")
+        init_args = model.get("init_args") if isinstance(model, Namespace) else None
+        self._run_options = {k: init_args.get(k) for k in RUN_OPTIONS if k in init_args} if init_args else {}
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        place_run(config.trainer)
+        init_args = config.model.get("init_args") if isinstance(config.get("model"), Namespace) else None
+        for key, value in getattr(self, "_run_options", {}).items():
+            if init_args is not None and key in init_args:
+                init_args[key] = value
 
     def after_fit(self) -> None:
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
@@ -52,21 +92,48 @@ class LitDrCLI(LightningCLI):
                 print(f"  best checkpoint  {ckpt.best_model_path} ({ckpt.monitor} = {float(ckpt.best_model_score):.4f})")
 
 
+DESCRIPTION = ("lit-dr: train and evaluate dense retrievers (fit, validate, test, predict), driven by YAML. "
+               "Using a trained model: lit-dr export | index | search (each with --help).")
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_console() -> None:
+    """Keep the console to what a run says: Lightning's advertising tips and a deprecation warning Lightning raises
+    itself under torch >= 2.10 (nothing a user can act on) are dropped. Called when the CLI runs, not at import."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def run(args: list[str] | None = None) -> LitDrCLI:
     """Run the CLI and return it (its trainer, model and data module), for use from Python."""
+    quiet_console()
     return LitDrCLI(
         BiEncoderModule,
         RetrievalDataModule,
         subclass_mode_model=True,
         save_config_callback=SaveRunConfig,
-        trainer_defaults={"logger": default_logger(), "num_sanity_val_steps": 0},
+        trainer_defaults={"logger": default_logger(), "num_sanity_val_steps": 0, "default_root_dir": DEFAULT_ROOT_DIR},
         args=args,
         auto_configure_optimizers=False,
+        parser_kwargs={"description": DESCRIPTION, "prog": "lit-dr"},
     )
 
 
 def main(args: list[str] | None = None) -> None:
-    """The `lit-dr` console script (returns None: a returned object would become the exit status)."""
+    """The `lit-dr` console script (returns None: a returned object would become the exit status).
+
+    `export`, `index` and `search` are not trainer subcommands: `lit_dr.commands` parses and runs them.
+    """
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in COMMANDS:
+        run_command(argv)
+        return
     run(args)
 
 

@@ -25,6 +25,15 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def dtype_argument(dtype: str) -> dict:
+    """`from_pretrained`'s dtype keyword: `dtype` since transformers 4.56, `torch_dtype` before."""
+    import transformers
+
+    value = dtype if dtype == "auto" else getattr(torch, dtype)
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": value}
+
+
 def pool(hidden: Tensor, attention_mask: Tensor, pooling: Literal["cls", "mean"]) -> Tensor:
     """(N, L, H) token states -> (N, H): the first token, or the mean over non-padding tokens."""
     if pooling == "cls":
@@ -42,6 +51,9 @@ class Encoder(nn.Module):
         projection_dim: add Linear(hidden, projection_dim) -> LayerNorm after pooling, as ANCE does; None for none.
         normalize: L2-normalise the output (cosine similarity under a dot product).
         gradient_checkpointing: trade compute for memory on long inputs.
+        dtype: the weights' dtype once loaded. float32 by default whatever the checkpoint holds: transformers 5
+            otherwise keeps a checkpoint's bf16/fp16, which would train in half precision even on CPU (hundreds of
+            times slower there); mixed precision is the trainer's `precision`. "auto": the checkpoint's own.
     """
 
     def __init__(
@@ -51,6 +63,7 @@ class Encoder(nn.Module):
         projection_dim: int | None = None,
         normalize: bool = False,
         gradient_checkpointing: bool = False,
+        dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32",
     ) -> None:
         super().__init__()
         from transformers import AutoModel
@@ -64,12 +77,13 @@ class Encoder(nn.Module):
                 "projection_dim": projection_dim,
                 "normalize": normalize,
                 "gradient_checkpointing": gradient_checkpointing,
+                "dtype": dtype,
             },
         }
         self.model_name_or_path = model_name_or_path
         self.pooling = pooling
         self.normalize = normalize
-        self.model = AutoModel.from_pretrained(resolve_model_path(model_name_or_path))
+        self.model = AutoModel.from_pretrained(resolve_model_path(model_name_or_path), **dtype_argument(dtype))
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off during training
         if getattr(self.model, "pooler", None) is not None:
             # Our pooling reads the token states: an unused pooler costs compute and breaks DDP's gradient check.
@@ -78,7 +92,7 @@ class Encoder(nn.Module):
             self.model.gradient_checkpointing_enable()
         hidden = self.model.config.hidden_size
         self.projection = (
-            nn.Sequential(nn.Linear(hidden, projection_dim), nn.LayerNorm(projection_dim))
+            nn.Sequential(nn.Linear(hidden, projection_dim), nn.LayerNorm(projection_dim)).to(self.model.dtype)
             if projection_dim is not None
             else None
         )

@@ -238,9 +238,10 @@ class RetrievalDataModule(L.LightningDataModule):
         self.negatives = table
 
     def relevance_for(self, query_rows: np.ndarray, split: str | None = None) -> list[dict[int, int]]:
-        """{corpus row: grade} per query row, as judged in `split`'s qrels (None: training's first, then any)."""
-        judged = self.relevance if split is None else self.judgments.get(split, {})
-        return [judged.get(int(q), {}) for q in query_rows]
+        """{corpus row: grade} per query row, as judged in `split`'s qrels; a query that file does not judge (or
+        split None) gets the training split's judgments first, then any other split's."""
+        judged = {} if split is None else self.judgments.get(split, {})
+        return [judged.get(int(q)) or self.relevance.get(int(q), {}) for q in query_rows]
 
     # -- training batches: the loader yields query rows; documents are attached when the batch is used ----
     def on_before_batch_transfer(self, batch, dataloader_idx: int):

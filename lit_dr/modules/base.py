@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -19,12 +20,24 @@ from lit_dr.data.batches import EncodeBatch, TokenBatch, TrainBatch
 from lit_dr.embeddings import EmbeddingDtype, EmbeddingShards
 from lit_dr.encoder import Encoder
 from lit_dr.encoding import AutocastFactory, autocast_factory, encode_to_shards
+from lit_dr.large_batch import gather_keep_local, gather_train_batch, grad_cached_loss
 from lit_dr.run_dir import run_directory, shared_run_directory
 from lit_dr.search import Processes, even_share, search_embeddings
 
 log = logging.getLogger(__name__)
 
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+
+
+def trained_class(checkpoint_path) -> type | None:
+    """The LightningModule class a checkpoint was saved from, when it says so (the CLI's record or lit_dr's) and
+    its module is already imported (as Lightning, a checkpoint never makes us import code)."""
+    import sys
+
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    path = checkpoint.get("hyper_parameters", {}).get("_class_path") or checkpoint.get("lit_dr", {}).get("class_path")
+    module, _, name = (path or "").rpartition(".")
+    return getattr(sys.modules.get(module), name, None) if module else None
 
 
 @dataclass
@@ -54,6 +67,10 @@ class BiEncoderModule(L.LightningModule):
         init_checkpoint: a Lightning checkpoint whose towers' weights initialise this module (warm start).
         embedding_dtype: how corpus embeddings are stored on disk (float16 halves the files; search is float32).
         embedding_dir: where embedding files go; default `embeddings/` in the run's directory.
+        cross_device_negatives: under DDP, every process's documents (and queries) are negatives of every
+            query: the loss is that of the global batch, with the exact gradient (`lit_dr.large_batch`).
+        grad_cache_chunk_size: embed the batch this many texts at a time (gradient caching): memory of one chunk's
+            activations, a second forward pass per step, the exact gradient. None embeds the batch at once.
     """
 
     def __init__(
@@ -68,8 +85,12 @@ class BiEncoderModule(L.LightningModule):
         init_checkpoint: str | None = None,
         embedding_dtype: EmbeddingDtype = "float32",
         embedding_dir: str | None = None,
+        cross_device_negatives: bool = False,
+        grad_cache_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
+        if grad_cache_chunk_size is not None and grad_cache_chunk_size < 1:
+            raise ValueError(f"grad_cache_chunk_size must be at least 1 (or None), got {grad_cache_chunk_size}")
         self.save_hyperparameters(ignore=["encoder", "doc_encoder"])
         if "_instantiator" not in self.hparams:
             # Built from Python rather than the CLI: keep only what a config can say, so that
@@ -111,18 +132,62 @@ class BiEncoderModule(L.LightningModule):
                              f"unexpected {unexpected[:5]}")
         log.info("initialised towers from %s", path)
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's `load_from_checkpoint`, returning the objective that was trained:
+        `BiEncoderModule.load_from_checkpoint(ckpt)` of a BM25-negatives run is a `BM25Negatives`, not the base."""
+        trained = trained_class(checkpoint_path)
+        if trained is not None and trained is not cls and issubclass(trained, cls):
+            return trained.load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # What export and model cards need from a checkpoint: the class (the CLI records it, Python does not)
+        # and the figures of the evaluation that preceded the save.
+        checkpoint["lit_dr"] = {"class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+                                "last_evaluation": getattr(self, "last_evaluation", None)}
+
     # -- training ----------------------------------------------------------------------------------
     def compute_loss(self, q: Tensor, d: Tensor, batch: TrainBatch) -> Tensor:
-        """The objective: q (B, H) query and d (B * G, H) document embeddings -> scalar loss."""
+        """The objective: q (B, H) query and d (B * G, H) document embeddings -> scalar loss.
+
+        Texts named by `extra_texts` arrive embedded as keyword arguments. With `cross_device_negatives`, q, d
+        and `batch` are those of all processes concatenated (B counts every process's queries)."""
         raise NotImplementedError(f"{type(self).__name__} must override compute_loss")
 
+    def extra_texts(self, batch: TrainBatch) -> dict[str, tuple[Literal["query", "doc"], TokenBatch]]:
+        """Texts besides the batch's queries and documents that the loss needs embedded, by keyword of
+        `compute_loss`, with the tower that embeds them (DANCE: its negative queries). The base module embeds
+        them, so that gradient caching and cross-device gathering cover them too."""
+        return {}
+
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
-        q = self.encode_queries(batch.queries)  # (B, H)
-        d = self.encode_docs(batch.docs)  # (B * G, H)
-        loss = self.compute_loss(q, d, batch)
+        encode = {"query": self.encode_queries, "doc": self.encode_docs}
+        texts = {"q": (self.encode_queries, batch.queries), "d": (self.encode_docs, batch.docs)}  # (B, .), (B * G, .)
+        texts.update({name: (encode[side], tokens) for name, (side, tokens) in self.extra_texts(batch).items()})
+        chunk = self.hparams.get("grad_cache_chunk_size")
+        if chunk is None:
+            objective, loss = self.loss_on_embeddings({name: f(t) for name, (f, t) in texts.items()}, batch)
+        else:
+            params = [p for p in self.parameters() if p.requires_grad]
+            objective, loss = grad_cached_loss(texts, chunk, lambda emb: self.loss_on_embeddings(emb, batch),
+                                               params, self.device)
         self.check_finite_loss(loss, batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=q.shape[0])
-        return loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch.query_rows.shape[0])
+        return objective
+
+    def loss_on_embeddings(self, emb: dict[str, Tensor], batch: TrainBatch) -> tuple[Tensor, Tensor]:
+        """(objective to back-propagate, loss to report) from the batch's embeddings, keyed as in `training_step`.
+
+        Across processes the loss is the global batch's, identical on every process; each process's gradient
+        reaches only its own embeddings, and DDP averages over the W processes: the objective is W * loss."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if self.hparams.get("cross_device_negatives") and world > 1:
+            emb = {name: gather_keep_local(e) for name, e in emb.items()}  # (W * n, H)
+            batch = gather_train_batch(batch, self.trainer.datamodule.relevance_for)
+        extra = {name: e for name, e in emb.items() if name not in ("q", "d")}
+        loss = self.compute_loss(emb["q"], emb["d"], batch, **extra)
+        return (loss * world if self.hparams.get("cross_device_negatives") else loss), loss
 
     def check_finite_loss(self, loss: Tensor, batch: TrainBatch) -> None:
         """Stop the fit on a NaN or infinite loss, naming the step and the batch's query ids: training on it
@@ -239,9 +304,22 @@ class BiEncoderModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._corpus_cache = None  # weights may come from a checkpoint now
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.hparams.get("cross_device_negatives") and not hasattr(dm, "relevance_for"):
+            raise ValueError("cross_device_negatives needs a data module with `relevance_for(query_rows)` (such as "
+                             "RetrievalDataModule): the false-negative mask must cover other processes' documents")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._corpus_cache = None
+        self._checkpoint_step = checkpoint.get("global_step")
+
+    @property
+    def weights_step(self) -> int:
+        """The optimizer step of the current weights: the trainer's in a fit, the loaded checkpoint's in
+        validate / test / predict (where the trainer counts from 0). Names run files and evaluation records."""
+        loaded = getattr(self, "_checkpoint_step", None)
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        return self.global_step if fitting or loaded is None else int(loaded)
 
     def _gathered_queries(self) -> tuple[np.ndarray, Tensor]:
         rows = torch.cat([r for r, _ in self._eval_outputs])  # (n,)
@@ -279,7 +357,7 @@ class BiEncoderModule(L.LightningModule):
         scores, ranked = self.search(docs, queries.numpy(), k, self.hparams.index_factory)
         if self.global_rank == 0:
             run_dir = Path(self.hparams.run_dir or run_directory(self.trainer) / "runs")
-            path = run_dir / f"{split}-step{self.global_step:07d}.trec"
+            path = run_dir / f"{split}-step{self.weights_step:07d}.trec"
             write_trec_run(path, [str(dm.queries.ids[q]) for q in query_rows], dm.corpus.ids, scores, ranked)
             log.info("wrote run file %s", path)
         return Retrieval(query_rows, queries, docs, scores, ranked)
@@ -288,8 +366,14 @@ class BiEncoderModule(L.LightningModule):
         from lit_dr.metrics import retrieval_metrics
 
         r = self.retrieve(split)
-        metrics = retrieval_metrics(r.scores, r.ranked, self.trainer.datamodule.relevance_for(r.query_rows))
+        metrics = retrieval_metrics(r.scores, r.ranked, self.trainer.datamodule.relevance_for(r.query_rows, split))
         metrics.update(self.extra_eval_metrics(r.query_rows, r.queries, r.docs))
         # Every process computed the same numbers from the same gathered rankings: no sync needed.
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False)
+        self.last_evaluation = {"split": split, "step": self.weights_step, "metrics": metrics}  # for checkpoints
+        if self.global_rank == 0:  # beside the run files: the figures without a logger's own file format
+            run_dir = Path(self.hparams.run_dir or run_directory(self.trainer) / "runs")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / "evaluations.jsonl", "a") as f:
+                f.write(json.dumps(self.last_evaluation) + "\n")
         return metrics

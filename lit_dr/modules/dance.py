@@ -75,12 +75,20 @@ class DANCE(BiEncoderModule):
         self.temperature = temperature
         self.dual_weight = dual_weight
 
-    def compute_loss(self, q: Tensor, d: Tensor, batch: TrainBatch) -> Tensor:
+    def extra_texts(self, batch: TrainBatch) -> dict:
+        if batch.negative_queries is None or self.dual_weight == 0:  # stage 1
+            return {}
+        return {"negative_queries": ("query", batch.negative_queries)}
+
+    def compute_loss(self, q: Tensor, d: Tensor, batch: TrainBatch, negative_queries: Tensor | None = None) -> Tensor:
+        """`negative_queries`: (B * K, H) embeddings of `batch.negative_queries` (embedded by the base module; a
+        direct call without them embeds them here)."""
         if batch.negative_queries is None or self.dual_weight == 0:  # stage 1
             return two_way_nll(q, d, batch.group_size, self.temperature)
-        neg_q = self.encode_queries(batch.negative_queries)  # (B * K, H)
-        k = neg_q.shape[0] // q.shape[0]
-        return dual_two_way_nll(q, d, neg_q, batch.group_size, k, self.temperature, self.dual_weight)
+        if negative_queries is None:
+            negative_queries = self.encode_queries(batch.negative_queries)  # (B * K, H)
+        k = negative_queries.shape[0] // q.shape[0]
+        return dual_two_way_nll(q, d, negative_queries, batch.group_size, k, self.temperature, self.dual_weight)
 
     def extra_eval_metrics(self, query_rows: np.ndarray, queries: Tensor, docs: EmbeddingShards) -> dict[str, float]:
         return embedding_geometry(queries, docs, self.trainer.datamodule.relevance_for(query_rows))

@@ -75,6 +75,10 @@ class LTRe(BiEncoderModule):
     A checkpoint records the index's source (warm start, embedding directory, digest): a resumed run, and
     `validate`/`test` from the checkpoint, reuse the embeddings instead of re-encoding; a changed file is an error.
 
+    Not supported (an error at construction): `cross_device_negatives` (the negatives come from the whole fixed
+    index already) and `grad_cache_chunk_size` (its own `training_step` retrieves with the step's query embeddings;
+    to save memory use the encoder's `gradient_checkpointing`).
+
     Args:
         depth: documents retrieved per query per step (ADORE: 200).
         metric_cut: ranks beyond it weigh 1/rank = 0 in the loss; None = `depth` (the released code's default,
@@ -100,6 +104,10 @@ class LTRe(BiEncoderModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        for option in ("cross_device_negatives", "grad_cache_chunk_size"):
+            if self.hparams[option] not in (False, None):
+                raise ValueError(f"LTRe does not support {option}: it trains against a fixed index with its own "
+                                 "training_step (see its docstring)")
         self.depth, self.metric_cut = depth, depth if metric_cut is None else metric_cut
         self.loss, self.temperature, self.append_positives = loss, temperature, append_positives
         if self.doc_encoder is not None:
@@ -149,6 +157,7 @@ class LTRe(BiEncoderModule):
         self.fixed_index()  # before the first step, while the towers still hold the warm start
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["ltre_index_source"] = self.index_source
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -1,0 +1,230 @@
+"""Using a trained model outside a fit: encode a corpus into embedding files and a FAISS index, then search it
+for a query file and write a TREC run (`lit-dr index`, `lit-dr search`).
+
+The same mechanism as evaluation and negative refresh: `encoding.encode_to_shards` writes each process's share of
+the corpus to its own shard, `search.search_embeddings` streams exact search over the shards, `faiss_index` builds
+any other index. Only the model (a lit_dr checkpoint or a sentence-transformers directory, such as one written by
+`lit-dr export`) and the texts (read with the data layer's `iter_texts`) are new here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lit_dr.data.batches import TokenBatch
+from lit_dr.data.formats import dataset_files, iter_texts, read_qrels
+from lit_dr.embeddings import EmbeddingDtype, EmbeddingShards
+from lit_dr.encoding import AutocastFactory, encode_store, encode_to_shards
+from lit_dr.search import Processes, even_share, gather_rows, is_exact, search_embeddings
+
+log = logging.getLogger(__name__)
+MANIFEST = "index.json"
+
+
+@dataclass
+class Tower:
+    """One side of a model: token ids -> (N, H) embeddings, with the tokenizer and max length it was trained with."""
+
+    encode: Callable[[TokenBatch], Tensor]
+    tokenizer: object
+    max_length: int
+    dim: int
+
+
+def load_towers(model: str | Path, device: torch.device | str = "cpu") -> tuple[Tower, Tower]:
+    """(query tower, document tower) of a lit_dr `.ckpt` or a sentence-transformers directory, in eval mode.
+
+    Max lengths: a checkpoint's training lengths (its data module's), else the tokenizer's maximum.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(model)
+    if path.is_file():
+        from lit_dr.export import load_module, read_checkpoint_facts
+
+        module = load_module(path).to(device)
+        data = read_checkpoint_facts(path)["data"]
+        towers = []
+        for tower, key in ((module.encoder, "query_max_length"), (module.document_tower, "doc_max_length")):
+            tokenizer = AutoTokenizer.from_pretrained(tower.tokenizer_path)
+            towers.append(Tower(_encode_with(tower), tokenizer, data.get(key) or _model_max_length(tokenizer, tower.model), tower.dim))
+        return towers[0], towers[1]
+    if not (path / "modules.json").is_file():
+        raise FileNotFoundError(f"{path}: neither a lit_dr checkpoint (.ckpt file) nor a sentence-transformers "
+                                "directory (with modules.json, as `lit-dr export` writes)")
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(path), device=str(device)).eval()
+    return _st_tower(st, "query"), _st_tower(st, "document")
+
+
+def _encode_with(tower) -> Callable[[TokenBatch], Tensor]:
+    return lambda tokens: tower(tokens.input_ids, tokens.attention_mask)  # (N, H)
+
+
+def _model_max_length(tokenizer, model) -> int:
+    # Tokenizers without a recorded limit report a huge sentinel; the position table is the real bound.
+    limit = getattr(model.config, "max_position_embeddings", None) or 512
+    return min(int(tokenizer.model_max_length), int(limit))
+
+
+def _st_tower(st, task: str) -> Tower:
+    first = st[0]
+    transformer = first.sub_modules[task][0] if hasattr(first, "sub_modules") else first
+    length = getattr(transformer, f"{task}_length", None) or _model_max_length(transformer.tokenizer,
+                                                                              transformer.auto_model)
+
+    def encode(tokens: TokenBatch) -> Tensor:
+        features = {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
+        return st(features, task=task)["sentence_embedding"]  # (N, H)
+
+    dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension  # renamed in v6
+    return Tower(encode, transformer.tokenizer, int(length), int(dim()))
+
+
+class TextStore:
+    """Texts of a corpus or queries file as the encoding functions read a `TokenStore` (`lengths`, `ids`,
+    `batch`), tokenized as the data module tokenizes (truncated at `max_length`) one batch at a time.
+
+    The texts are held in memory (MS MARCO's 8.8M passages: about 3 GB); the token ids are not.
+    """
+
+    def __init__(self, path: str | Path, tokenizer, max_length: int, chunk: int = 4096) -> None:
+        records = list(iter_texts(path))
+        if not records:
+            raise ValueError(f"{path}: no texts")
+        self.ids = np.array([r.id for r in records])
+        self.texts = [r.text for r in records]
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.lengths = np.concatenate([  # (N,) tokens per text, for length-sorted batches and balanced shards
+            np.array([len(t) for t in self._tokenize(self.texts[i : i + chunk])], dtype=np.int32)
+            for i in range(0, len(self.texts), chunk)])
+        self.row_of = {str(i): r for r, i in enumerate(self.ids)}
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def batch(self, rows) -> TokenBatch:
+        encoded = self._tokenize([self.texts[int(r)] for r in rows])
+        width = max(max(len(e) for e in encoded), 1)
+        ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)  # (N, W)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)  # (N, W)
+        for i, e in enumerate(encoded):
+            ids[i, : len(e)] = torch.tensor(e)
+            mask[i, : len(e)] = 1
+        return TokenBatch(input_ids=ids, attention_mask=mask)
+
+
+def corpus_file(path: str | Path) -> Path:
+    """A corpus file: the path itself, or the corpus of a BEIR / MS MARCO data set directory."""
+    path = Path(path)
+    if path.is_dir():
+        return dataset_files(path).corpus
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such corpus file or data set directory")
+    return path
+
+
+def index_corpus(model: str | Path, corpus: str | Path, out_dir: str | Path, index_factory: str = "Flat",
+                 batch_size: int = 128, max_length: int | None = None, dtype: EmbeddingDtype = "float32",
+                 procs: Processes | None = None, autocast: AutocastFactory | None = None,
+                 show_progress: bool = True) -> EmbeddingShards:
+    """Encode every text of `corpus` with the model's document tower into embedding shards under `out_dir` (each
+    process its share), then (process 0) a FAISS index of `index_factory`, the ids and a manifest `index.json`."""
+    from lit_dr.faiss_index import build_index, import_faiss
+
+    procs = procs or Processes()
+    out_dir, source = Path(out_dir), corpus_file(corpus)
+    _, tower = load_towers(model, procs.device)
+    store = TextStore(source, tower.tokenizer, max_length or tower.max_length)
+    embeddings = encode_to_shards(
+        tower.encode, store, out_dir / "embeddings", tower.dim, procs.rank, procs.world_size, procs.barrier,
+        dtype=dtype, batch_size=batch_size, device=procs.device, autocast=autocast,
+        show_progress=show_progress and procs.rank == 0, desc="encode corpus")
+    if procs.rank == 0:
+        faiss = import_faiss()
+        faiss.write_index(build_index(embeddings, index_factory), str(out_dir / "index.faiss"))
+        np.save(out_dir / "ids.npy", store.ids)
+        manifest = {"model": str(Path(model).resolve()), "corpus": str(source.resolve()), "rows": len(store),
+                    "dim": tower.dim, "index_factory": index_factory, "max_length": store.max_length}
+        (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    if procs.barrier is not None and procs.world_size > 1:
+        procs.barrier()
+    return embeddings
+
+
+def query_texts(queries: str | Path, split: str | None) -> tuple[Path, dict[str, dict[str, int]] | None]:
+    """The queries file and, for a data set directory with `split`, that split's judgments (whose queries are
+    the ones searched)."""
+    path = Path(queries)
+    if not path.is_dir():
+        if split is not None:
+            raise ValueError("--split needs a data set directory, not a queries file")
+        return path, None
+    files = dataset_files(path)
+    if len(files.queries) != 1:
+        raise ValueError(f"{path}: {len(files.queries)} queries files; pass one of them: {files.queries}")
+    if split is None:
+        return files.queries[0], None
+    if split not in files.qrels:
+        raise ValueError(f"{path}: no judgments for split {split!r}; it has {sorted(files.qrels)}")
+    return files.queries[0], read_qrels(files.qrels[split])
+
+
+def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Path, model: str | Path | None = None,
+                 k: int = 1000, split: str | None = None, batch_size: int = 128, max_length: int | None = None,
+                 procs: Processes | None = None, autocast: AutocastFactory | None = None,
+                 show_progress: bool = True) -> dict[str, float] | None:
+    """Encode the queries with the query tower of the model that built `index_dir` (or `model`), search the index
+    (exact: streamed over the embedding shards, as evaluation; else the FAISS index file), write a TREC run.
+
+    Returns the metrics of `lit_dr.metrics.retrieval_metrics` when `split` names judgments, else None.
+    """
+    from lit_dr.faiss_index import import_faiss, search
+    from lit_dr.metrics import retrieval_metrics, write_trec_run
+
+    procs = procs or Processes()
+    index_dir = Path(index_dir)
+    if not (index_dir / MANIFEST).is_file():
+        raise FileNotFoundError(f"{index_dir / MANIFEST} missing: {index_dir} was not written by `lit-dr index`")
+    manifest = json.loads((index_dir / MANIFEST).read_text())
+    tower, _ = load_towers(model or manifest["model"], procs.device)
+    source, qrels = query_texts(queries, split)
+    store = TextStore(source, tower.tokenizer, max_length or tower.max_length)
+    rows = np.arange(len(store))
+    if qrels is not None:
+        rows = np.array([r for r, q in enumerate(store.ids) if str(q) in qrels], dtype=np.int64)
+    if tower.dim != manifest["dim"]:
+        raise ValueError(f"the model gives {tower.dim}-dim queries, the index holds {manifest['dim']}-dim vectors")
+    mine = rows[even_share(len(rows), procs.rank, procs.world_size)]
+    local = (encode_store(tower.encode, store, mine, batch_size=batch_size, device=procs.device, autocast=autocast,
+                          show_progress=show_progress and procs.rank == 0, desc="encode queries")
+             if len(mine) else torch.empty(0, tower.dim))  # (Q_r, H)
+    k = min(k, manifest["rows"])
+    if is_exact(manifest["index_factory"]):
+        scores, ranked = search_embeddings(EmbeddingShards(index_dir / "embeddings"), local.numpy(), k, "Flat", procs)
+    else:  # every process reads the same file; results gathered in rank order as `search_embeddings` does
+        index = import_faiss().read_index(str(index_dir / "index.faiss"))
+        d, i = search(index, local.numpy(), k)
+        scores, ranked = gather_rows(d, procs), gather_rows(i, procs)
+    if procs.rank != 0:
+        return None
+    doc_ids = np.load(index_dir / "ids.npy")
+    write_trec_run(out_file, [str(store.ids[r]) for r in rows], doc_ids, scores, ranked)
+    if qrels is None:
+        return None
+    row_of = {str(d): r for r, d in enumerate(doc_ids)}
+    relevance = [{row_of[d]: g for d, g in qrels[str(store.ids[r])].items() if d in row_of} for r in rows]
+    return retrieval_metrics(scores, ranked, relevance)
