@@ -193,6 +193,8 @@ def check(objective: str, args, work: Path, env: dict[str, str], common: list[st
     fragment = work / f"{objective}-callbacks.yaml"
     refreshing = callbacks_fragment(objective, args.refresh_every, fragment)
     overrides = list(common)
+    if args.large_batch and objective != "ltre":  # LTRe refuses both (its own training_step)
+        overrides += ["--model.init_args.cross_device_negatives=true", "--model.init_args.grad_cache_chunk_size=4"]
     if warm_start is not None:
         overrides.append(f"--model.init_args.init_checkpoint={warm_start}")
         outcome.warm_start = True
@@ -282,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="synthetic queries, raised to 48 per process so each gets 2 batches of 16")
     parser.add_argument("--max-steps", type=int, default=4, help="optimizer steps per fit, even (epochs of 2 batches)")
     parser.add_argument("--refresh-every", type=int, default=2, help="NegativeRefresh every_n_steps")
+    parser.add_argument("--large-batch", action="store_true",
+                        help="also shared negatives across processes and gradient caching (chunks of 4) in every "
+                             "objective but ltre: CUDA random-state replay, autocast and NCCL gathers")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per command")
     parser.add_argument("--workdir", type=Path, default=None, help="where everything goes (kept); default a temp dir")
     args = parser.parse_args(argv)

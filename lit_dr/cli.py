@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -57,6 +58,8 @@ def place_run(trainer: Namespace) -> None:
         if isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
             if logger.init_args.get("save_dir") in (None, "", "."):
                 logger.init_args.save_dir = root
+            # W&B warns "git root <save_dir> does not exist" when the folder is not there yet.
+            Path(logger.init_args.get("save_dir") or root).mkdir(parents=True, exist_ok=True)
 
 
 class LitDrCLI(LightningCLI):
