@@ -49,7 +49,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        store = build_store(iter(records), Path(args.corpus), AutoTokenizer.from_pretrained(path), args.max_length,
+        store = build_store(iter(records), [Path(args.corpus)], AutoTokenizer.from_pretrained(path), args.max_length,
                             Path(tmp) / "store", show_progress=False)
         tokenize_s = time.perf_counter() - start
 

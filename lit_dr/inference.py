@@ -3,8 +3,9 @@ for a query file and write a TREC run (`lit-dr index`, `lit-dr search`).
 
 The same mechanism as evaluation and negative refresh: `encoding.encode_to_shards` writes each process's share of
 the corpus to its own shard, `search.search_embeddings` streams exact search over the shards, `faiss_index` builds
-any other index. Only the model (a lit_dr checkpoint or a sentence-transformers directory, such as one written by
-`lit-dr export`) and the texts (read with the data layer's `iter_texts`) are new here.
+any other index, and the texts are the data layer's token stores (`cached_store`: validated ids, tokenized once,
+memory-mapped, shared with training's cache). Only the model (a lit_dr checkpoint or a sentence-transformers
+directory, such as one written by `lit-dr export`) is new here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 from torch import Tensor
 
 from lit_dr.data.batches import TokenBatch
-from lit_dr.data.formats import dataset_files, iter_texts, read_qrels
+from lit_dr.data.formats import dataset_files, read_qrels
+from lit_dr.data.token_store import cached_store
 from lit_dr.embeddings import EmbeddingDtype, EmbeddingShards
 from lit_dr.encoding import AutocastFactory, encode_store, encode_to_shards
 from lit_dr.search import Processes, even_share, gather_rows, is_exact, search_embeddings
@@ -90,43 +92,6 @@ def _st_tower(st, task: str) -> Tower:
     return Tower(encode, transformer.tokenizer, int(length), int(dim()))
 
 
-class TextStore:
-    """Texts of a corpus or queries file as the encoding functions read a `TokenStore` (`lengths`, `ids`,
-    `batch`), tokenized as the data module tokenizes (truncated at `max_length`) one batch at a time.
-
-    The texts are held in memory (MS MARCO's 8.8M passages: about 3 GB); the token ids are not.
-    """
-
-    def __init__(self, path: str | Path, tokenizer, max_length: int, chunk: int = 4096) -> None:
-        records = list(iter_texts(path))
-        if not records:
-            raise ValueError(f"{path}: no texts")
-        self.ids = np.array([r.id for r in records])
-        self.texts = [r.text for r in records]
-        self.tokenizer, self.max_length = tokenizer, max_length
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.lengths = np.concatenate([  # (N,) tokens per text, for length-sorted batches and balanced shards
-            np.array([len(t) for t in self._tokenize(self.texts[i : i + chunk])], dtype=np.int32)
-            for i in range(0, len(self.texts), chunk)])
-        self.row_of = {str(i): r for r, i in enumerate(self.ids)}
-
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def batch(self, rows) -> TokenBatch:
-        encoded = self._tokenize([self.texts[int(r)] for r in rows])
-        width = max(max(len(e) for e in encoded), 1)
-        ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)  # (N, W)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)  # (N, W)
-        for i, e in enumerate(encoded):
-            ids[i, : len(e)] = torch.tensor(e)
-            mask[i, : len(e)] = 1
-        return TokenBatch(input_ids=ids, attention_mask=mask)
-
-
 def corpus_file(path: str | Path) -> Path:
     """A corpus file: the path itself, or the corpus of a BEIR / MS MARCO data set directory."""
     path = Path(path)
@@ -140,15 +105,17 @@ def corpus_file(path: str | Path) -> Path:
 def index_corpus(model: str | Path, corpus: str | Path, out_dir: str | Path, index_factory: str = "Flat",
                  batch_size: int = 128, max_length: int | None = None, dtype: EmbeddingDtype = "float32",
                  procs: Processes | None = None, autocast: AutocastFactory | None = None,
-                 show_progress: bool = True) -> EmbeddingShards:
+                 show_progress: bool = True, cache_dir: Path | None = None) -> EmbeddingShards:
     """Encode every text of `corpus` with the model's document tower into embedding shards under `out_dir` (each
-    process its share), then (process 0) a FAISS index of `index_factory`, the ids and a manifest `index.json`."""
+    process its share), then (process 0) a FAISS index of `index_factory`, the ids and a manifest `index.json`.
+    The tokens come from (or go to) the token cache under `cache_dir` (default `$LIT_DR_CACHE`)."""
     from lit_dr.faiss_index import build_index, import_faiss
 
     procs = procs or Processes()
     out_dir, source = Path(out_dir), corpus_file(corpus)
     _, tower = load_towers(model, procs.device)
-    store = TextStore(source, tower.tokenizer, max_length or tower.max_length)
+    store = cached_store("corpus", [source], tower.tokenizer, max_length or tower.max_length, cache_dir,
+                         show_progress=show_progress and procs.rank == 0)
     embeddings = encode_to_shards(
         tower.encode, store, out_dir / "embeddings", tower.dim, procs.rank, procs.world_size, procs.barrier,
         dtype=dtype, batch_size=batch_size, device=procs.device, autocast=autocast,
@@ -186,7 +153,7 @@ def query_texts(queries: str | Path, split: str | None) -> tuple[Path, dict[str,
 def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Path, model: str | Path | None = None,
                  k: int = 1000, split: str | None = None, batch_size: int = 128, max_length: int | None = None,
                  procs: Processes | None = None, autocast: AutocastFactory | None = None,
-                 show_progress: bool = True) -> dict[str, float] | None:
+                 show_progress: bool = True, cache_dir: Path | None = None) -> dict[str, float] | None:
     """Encode the queries with the query tower of the model that built `index_dir` (or `model`), search the index
     (exact: streamed over the embedding shards, as evaluation; else the FAISS index file), write a TREC run.
 
@@ -202,7 +169,8 @@ def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Pat
     manifest = json.loads((index_dir / MANIFEST).read_text())
     tower, _ = load_towers(model or manifest["model"], procs.device)
     source, qrels = query_texts(queries, split)
-    store = TextStore(source, tower.tokenizer, max_length or tower.max_length)
+    store = cached_store("queries", [source], tower.tokenizer, max_length or tower.max_length, cache_dir,
+                         show_progress=show_progress and procs.rank == 0)
     rows = np.arange(len(store))
     if qrels is not None:
         rows = np.array([r for r, q in enumerate(store.ids) if str(q) in qrels], dtype=np.int64)

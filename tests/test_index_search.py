@@ -15,6 +15,11 @@ from lit_dr.inference import index_corpus, search_index
 from lit_dr.metrics import read_trec_run
 
 
+@pytest.fixture(autouse=True)
+def _token_cache(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LIT_DR_CACHE", str(tmp_path / "token-cache"))  # index/search tokenize into the cache
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_beir, tiny_model_dir):
     """A checkpoint of a tiny model whose data module hyperparameters carry the training lengths."""

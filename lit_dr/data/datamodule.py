@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -18,19 +17,14 @@ from lit_dr.data.formats import (
     DatasetFiles,
     dataset_files,
     file_problem,
-    iter_texts,
     resolve_dataset,
     split_dev,
 )
 from lit_dr.data.judgments import given_negatives, load_qrels, warn_overlap
 from lit_dr.data.sampling import EpochSampler, NegativesTable, draw_rows
-from lit_dr.data.token_store import TokenStore, build_store, store_key
+from lit_dr.data.token_store import TokenStore, cached_store, default_cache_dir
 
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("LIT_DR_CACHE", Path.home() / ".cache" / "lit_dr"))
 
 
 def _as_rows(rows: list[int]) -> torch.Tensor:
@@ -115,25 +109,17 @@ class RetrievalDataModule(L.LightningDataModule):
 
         return AutoTokenizer.from_pretrained(resolve_model_path(self.hparams.tokenizer))
 
-    def _store(self, kind: Literal["corpus", "queries"], build: bool) -> TokenStore:
+    def _store(self, kind: Literal["corpus", "queries"]) -> TokenStore:
         sources = [self.files.corpus] if kind == "corpus" else list(self.files.queries)
         max_length = self.hparams.doc_max_length if kind == "corpus" else self.hparams.query_max_length
-        tokenizer = self._tokenizer()
-        directory = self.cache_dir / "tokens" / f"{kind}-{store_key(sources, tokenizer, max_length)}"
-        if directory.exists():
-            return TokenStore(directory)
-        if not build:
-            raise RuntimeError(f"token cache {directory} missing: prepare_data() must run first")
-
-        records = (record for source in sources for record in iter_texts(source))
-        return build_store(records, sources, tokenizer, max_length, directory, self.hparams.duplicate_ids,
-                           self.hparams.show_progress)
+        return cached_store(kind, sources, self._tokenizer(), max_length, self.cache_dir, self.hparams.duplicate_ids,
+                            self.hparams.show_progress)
 
     # -- Lightning hooks -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Download and tokenize once per machine (Lightning runs this on local rank 0 only)."""
-        self._store("corpus", build=True)
-        self._store("queries", build=True)
+        self._store("corpus")
+        self._store("queries")
 
     def setup(self, stage: str | None = None) -> None:
         """Load the stores, splits and judgments (once), then what `stage` needs: for fit, a non-empty training
@@ -159,8 +145,8 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def _load(self) -> None:
         self._files = None  # the directory may have been fixed since a failed call
-        corpus = self._store("corpus", build=True)
-        queries = self._store("queries", build=True)
+        corpus = self._store("corpus")
+        queries = self._store("queries")
         split_rows: dict[str, np.ndarray] = {}
         judgments: dict[str, dict[int, dict[int, int]]] = {}  # split -> query row -> {corpus row: grade}
         empty_because: dict[str, str] = {}

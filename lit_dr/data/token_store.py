@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from lit_dr.data.batches import TokenBatch
-from lit_dr.data.formats import DataFormatError, TextRecord
+from lit_dr.data.formats import DataFormatError, TextRecord, iter_texts
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: texts stored beside the tokens
@@ -64,6 +64,22 @@ def store_key(sources: Sequence[Path], tokenizer, max_length: int) -> str:
     return h.hexdigest()[:24]
 
 
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LIT_DR_CACHE", Path.home() / ".cache" / "lit_dr"))
+
+
+def cached_store(kind: str, sources: Sequence[Path], tokenizer, max_length: int, cache_dir: Path | None = None,
+                 duplicate_ids: Literal["error", "keep_first"] = "error", show_progress: bool = True) -> TokenStore:
+    """The store of `sources` (read in order, as one) under `cache_dir/tokens/` (default `default_cache_dir()`),
+    built on first use. One per (kind, contents, tokenizer, max length): training, `lit-dr index` and
+    `lit-dr search` share it."""
+    directory = Path(cache_dir or default_cache_dir()) / "tokens" / f"{kind}-{store_key(sources, tokenizer, max_length)}"
+    if directory.exists():
+        return TokenStore(directory)
+    records = (record for source in sources for record in iter_texts(source))
+    return build_store(records, sources, tokenizer, max_length, directory, duplicate_ids, show_progress)
+
+
 class TokenStore:
     """Read side of a store: row lookups return padded `TokenBatch`es trimmed to the longest row."""
 
@@ -75,7 +91,7 @@ class TokenStore:
         self.tokens = np.memmap(  # (N, L) int32
             self.directory / "tokens.bin", dtype=np.int32, mode="r", shape=(len(self.lengths), meta["max_length"])
         )
-        self.pad_id = int(meta["pad_id"])
+        self.pad_id, self.max_length = int(meta["pad_id"]), int(meta["max_length"])
         self.sources = [Path(p) for p in meta["sources"]]
         self.lines = np.load(self.directory / "lines.npy", mmap_mode="r")  # (N,) line of each row in its file
         self.source_index = np.load(self.directory / "source_index.npy", mmap_mode="r")  # (N,) index into sources
