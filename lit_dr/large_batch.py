@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lit_dr.data.batches import TokenBatch, TrainBatch
+from lit_dr.data.batches import TokenBatch, TrainBatch, judged_mask
 
 Encode = Callable[[TokenBatch], Tensor]  # (n, L) tokens -> (n, H) embeddings
 Relevance = Callable[[np.ndarray], list[dict[int, int]]]  # query rows -> per query {corpus row: grade}
@@ -46,15 +46,6 @@ def gather_padded(x: Tensor, pad_value: int = 0) -> Tensor:
     dist.all_reduce(width, op=dist.ReduceOp.MAX)
     padded = torch.nn.functional.pad(x, (0, int(width) - x.shape[1]), value=pad_value)  # (n, L_max)
     return gather_keep_local(padded)
-
-
-def judged_mask(relevance: list[dict[int, int]], doc_rows: np.ndarray) -> np.ndarray:
-    """(B, N) bool: doc_rows[j] is judged for query i (a key of relevance[i]), as `TrainBatch.judged_relevant`."""
-    mask = np.zeros((len(relevance), len(doc_rows)), dtype=bool)
-    for i, rel in enumerate(relevance):
-        if rel:
-            mask[i] = np.isin(doc_rows, np.fromiter(rel, dtype=np.int64, count=len(rel)))
-    return mask
 
 
 def gather_train_batch(batch: TrainBatch, relevance_for: Relevance) -> TrainBatch:

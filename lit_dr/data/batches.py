@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import numpy as np
 from torch import Tensor
 
 
@@ -43,3 +44,12 @@ class EncodeBatch(_Movable):
 
     tokens: TokenBatch
     rows: Tensor  # (N,)
+
+
+def judged_mask(relevance: list[dict[int, int]], doc_rows: np.ndarray) -> np.ndarray:
+    """(B, N) bool: doc_rows[j] is judged for query i (a key of relevance[i]): `TrainBatch.judged_relevant`."""
+    mask = np.zeros((len(relevance), len(doc_rows)), dtype=bool)
+    for i, rel in enumerate(relevance):
+        if rel:
+            mask[i] = np.isin(doc_rows, np.fromiter(rel, dtype=np.int64, count=len(rel)))
+    return mask

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lit_dr.data.batches import EncodeBatch, TrainBatch
+from lit_dr.data.batches import EncodeBatch, TrainBatch, judged_mask
 from lit_dr.data.formats import (
     NEGATIVES_FILE,
     DatasetFiles,
@@ -258,7 +258,7 @@ class RetrievalDataModule(L.LightningDataModule):
                 pool = (self.negatives.query_candidates or {}).get(positive)
                 neg_queries += draw_rows(rng, pool, k, len(self.queries), self.relevant_queries(positive))
         doc_rows = np.asarray(docs, dtype=np.int64)  # (B * G,)
-        judged = torch.tensor([[int(d) in self.relevance[q] for d in doc_rows] for q in query_rows])  # (B, B * G)
+        judged = torch.from_numpy(judged_mask([self.relevance[q] for q in query_rows], doc_rows))  # (B, B * G)
         return TrainBatch(
             queries=self.queries.batch(query_rows),
             docs=self.corpus.batch(doc_rows),

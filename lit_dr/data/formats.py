@@ -277,11 +277,11 @@ def _incomplete(root: Path, layout: str, expected: str, problems: list[str]) -> 
 
 def _files(paths: list[Path], what: str, problems: list[str]) -> list[Path]:
     """The regular files among globbed `paths`; a directory or dangling link among them is a problem."""
-    bad = [p for p in paths if file_problem(p)]
-    problems += [file_problem(p) for p in bad]
+    found = {p: file_problem(p) for p in paths}
+    problems += [problem for problem in found.values() if problem]
     if not paths:
         problems.append(f"no {what} file")
-    return [p for p in paths if p not in bad]
+    return [p for p, problem in found.items() if problem is None]
 
 
 def dataset_files(root: str | Path) -> DatasetFiles:

@@ -346,6 +346,10 @@ class BiEncoderModule(L.LightningModule):
             queries = queries[even_share(len(queries), procs.rank, procs.world_size)]
         return search_embeddings(embeddings, queries, k, factory, procs)
 
+    def runs_directory(self) -> Path:
+        """Where TREC run files and `evaluations.jsonl` go: `run_dir`, else `runs/` in the run's directory."""
+        return Path(self.hparams.run_dir or run_directory(self.trainer) / "runs")
+
     def retrieve(self, split: str) -> Retrieval:
         """Search the corpus for the queries collected in this loop; writes the TREC run file (global rank 0)."""
         from lit_dr.metrics import write_trec_run
@@ -356,8 +360,7 @@ class BiEncoderModule(L.LightningModule):
         k = min(self.hparams.eval_depth, len(dm.corpus))
         scores, ranked = self.search(docs, queries.numpy(), k, self.hparams.index_factory)
         if self.global_rank == 0:
-            run_dir = Path(self.hparams.run_dir or run_directory(self.trainer) / "runs")
-            path = run_dir / f"{split}-step{self.weights_step:07d}.trec"
+            path = self.runs_directory() / f"{split}-step{self.weights_step:07d}.trec"
             write_trec_run(path, [str(dm.queries.ids[q]) for q in query_rows], dm.corpus.ids, scores, ranked)
             log.info("wrote run file %s", path)
         return Retrieval(query_rows, queries, docs, scores, ranked)
@@ -372,8 +375,8 @@ class BiEncoderModule(L.LightningModule):
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False)
         self.last_evaluation = {"split": split, "step": self.weights_step, "metrics": metrics}  # for checkpoints
         if self.global_rank == 0:  # beside the run files: the figures without a logger's own file format
-            run_dir = Path(self.hparams.run_dir or run_directory(self.trainer) / "runs")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(run_dir / "evaluations.jsonl", "a") as f:
+            path = self.runs_directory() / "evaluations.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as f:
                 f.write(json.dumps(self.last_evaluation) + "\n")
         return metrics
