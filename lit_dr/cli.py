@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -9,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from jsonargparse import Namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lit_dr.atomic import atomic_file
@@ -85,18 +87,45 @@ class LitDrCLI(LightningCLI):
                 init_args[key] = value
 
     def after_fit(self) -> None:
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
-        if self.trainer.is_global_zero and metrics:
+        if not self.trainer.is_global_zero:
+            return
+        outcome = fit_outcome(self.trainer)
+        # The machine-readable end of a fit: `lit-dr pipeline` warm-starts the next stage from its best checkpoint.
+        with atomic_file(run_directory(self.trainer) / "fit.json") as f:
+            json.dump(outcome, f, indent=2)
+        if outcome["metrics"]:
             print("\nDev metrics after fit (" + f"step {self.trainer.global_step}):")
-            for k, v in sorted(metrics.items()):
+            for k, v in sorted(outcome["metrics"].items()):
                 print(f"  {k:<16} {v:.4f}")
-            ckpt = self.trainer.checkpoint_callback
-            if ckpt is not None and ckpt.best_model_path and ckpt.best_model_score is not None:
-                print(f"  best checkpoint  {ckpt.best_model_path} ({ckpt.monitor} = {float(ckpt.best_model_score):.4f})")
+            if outcome["best_model_path"] and outcome["best_model_score"] is not None:
+                print(f"  best checkpoint  {outcome['best_model_path']} "
+                      f"({outcome['monitor']} = {outcome['best_model_score']:.4f})")
+
+
+def fit_outcome(trainer: Trainer) -> dict:
+    """Best and last checkpoints (absolute paths, None when not written) and the last dev metrics of a fit. The best
+    comes from the ModelCheckpoint that monitors a metric, the last from the one that saves last.ckpt."""
+    callbacks = trainer.checkpoint_callbacks
+    best = next((c for c in callbacks if c.monitor is not None), trainer.checkpoint_callback)  # None: no checkpoints
+    last = next((c for c in callbacks if c.save_last and c.last_model_path), best)
+    score = getattr(best, "best_model_score", None)
+
+    def absolute(path: str | None) -> str | None:
+        return os.path.abspath(path) if path else None  # not resolve(): last.ckpt may be a link, kept as named
+
+    return {
+        "best_model_path": absolute(getattr(best, "best_model_path", None)),
+        "best_model_score": None if score is None else float(score),
+        "monitor": getattr(best, "monitor", None),
+        "last_model_path": absolute(getattr(last, "last_model_path", None)),
+        "global_step": trainer.global_step,
+        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
+    }
 
 
 DESCRIPTION = ("lit-dr: train and evaluate dense retrievers (fit, validate, test, predict), driven by YAML. "
-               "Using a trained model: lit-dr export | index | search (each with --help).")
+               "Using a trained model: lit-dr export | index | search; stages in one command: lit-dr pipeline "
+               "(each with --help).")
 
 
 class _DropTips(logging.Filter):

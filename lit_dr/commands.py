@@ -1,4 +1,5 @@
-"""`lit-dr export | index | search`: the commands that use a trained model, outside the trainer's subcommands.
+"""`lit-dr export | index | search | pipeline`: the commands outside the trainer's subcommands (using a trained
+model; running fits in stages).
 
 Parsed with argparse and dispatched by `lit_dr.cli.main` before LightningCLI is built; heavy imports wait until a
 command runs, so `--help` answers at once.
@@ -9,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-COMMANDS = ("export", "index", "search")
+COMMANDS = ("export", "index", "search", "pipeline")
 MODEL_HELP = "a lit_dr checkpoint (.ckpt) or a sentence-transformers directory (e.g. one `lit-dr export` wrote)"
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="lit-dr", description="Use a trained retriever.")
+    top = argparse.ArgumentParser(prog="lit-dr", description="Use a trained retriever, or train in stages.")
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help="write a sentence-transformers / Hugging Face directory with a model card",
@@ -49,6 +50,15 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
         p.add_argument("--devices", type=int, default=1, help="processes (one per GPU); default 1")
         p.add_argument("--precision", default="32-true", help="e.g. bf16-mixed on GPUs (ignored on CPU)")
+
+    # allow_abbrev off: the fit options passed through must never be taken for an abbreviated --dry_run.
+    p = sub.add_parser("pipeline", allow_abbrev=False, help="run fits in stages, each warm-started from an earlier "
+                       "stage's best checkpoint", usage="lit-dr pipeline [-h] [--dry_run] PIPELINE_YAML "
+                       "[--key=value ...]", description="Run the stages of PIPELINE_YAML (e.g. "
+                       "configs/pipelines/gpu.yaml) as `lit-dr fit` processes in order; stages with a fit.json are "
+                       "skipped. Options --key=value after it are added to every stage's fit.")
+    p.add_argument("pipeline", metavar="PIPELINE_YAML", help="its paths are relative to the current directory")
+    p.add_argument("--dry_run", action="store_true", help="print each stage's command and run nothing")
     return top
 
 
@@ -72,7 +82,18 @@ def processes(args):
 
 
 def run_command(argv: list[str]) -> None:
-    args = parser().parse_args(argv)
+    top = parser()
+    args, extra = top.parse_known_args(argv)
+    if args.command == "pipeline":
+        from lit_dr.pipeline import PipelineError, run_pipeline
+
+        try:
+            run_pipeline(args.pipeline, extra, dry_run=args.dry_run)
+        except (ValueError, PipelineError) as error:  # a mistake in the YAML or a failed stage: no traceback
+            sys.exit(f"lit-dr pipeline: {error}")
+        return
+    if extra:
+        top.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "export":
         from lit_dr.export import export_checkpoint
 

@@ -1,5 +1,6 @@
 """The CLI: every YAML under configs/ parses and builds, fit/validate run, CLI checkpoints load from Python."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from lit_dr.metrics import read_trec_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OBJECTIVES = sorted(p for p in CONFIGS.glob("*.yaml"))
-FRAGMENTS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name != "sweeps")
+FRAGMENTS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name not in ("sweeps", "pipelines"))
 
 
 def build(args: list[str]) -> LitDrCLI:
@@ -78,6 +79,10 @@ def test_fit_then_load_checkpoint_and_validate(tmp_path, tiny_beir, tiny_model_d
     assert list((run_dir / "runs").glob("dev-step*.trec"))
     assert "Dev metrics after fit" in capsys.readouterr().out
     ckpt = next((run_dir / "checkpoints").glob("*.ckpt"))
+    outcome = json.loads((run_dir / "fit.json").read_text())  # no monitored checkpoint here: Lightning's default
+    assert outcome["best_model_path"] == str(ckpt) and outcome["monitor"] is None
+    assert outcome["global_step"] == cli.trainer.global_step > 0
+    assert outcome["metrics"]["val/ndcg@10"] == float(cli.trainer.callback_metrics["val/ndcg@10"])
     loaded = BM25Negatives.load_from_checkpoint(ckpt)
     for (k, a), b in zip(cli.model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert a.equal(b), k
