@@ -59,6 +59,15 @@ class PerQuery:
                 "ties": int((np.abs(self.diff) <= tol).sum())}
 
 
+    def p_value(self, samples: int = 20_000, seed: int = 0) -> float:
+        """Two-sided paired randomization test of mean(b - a) (Smucker et al., CIKM 2007): the share of random
+        sign flips of the per-query differences whose mean is at least as far from 0 as the observed one."""
+        diff = self.diff
+        signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(samples, len(diff)))
+        null = np.abs(signs @ diff) / len(diff)  # (samples,)
+        return float(((null >= abs(diff.mean()) - 1e-12).sum() + 1) / (samples + 1))
+
+
 def per_query_differences(a: Mapping[str, float], b: Mapping[str, float]) -> PerQuery:
     """Pair two runs' per-query scores (e.g. from `ndcg_per_query` on the same qrels), sorted by b - a descending.
 

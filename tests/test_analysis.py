@@ -1,5 +1,6 @@
 """The notebooks' arithmetic (`lit_dr.analysis`): per-query nDCG against pytrec_eval, the rest against loops."""
 
+import itertools
 import math
 
 import numpy as np
@@ -65,6 +66,20 @@ def test_per_query_differences():
     assert cmp.counts() == {"wins": 2, "losses": 1, "ties": 1}
     with pytest.raises(ValueError, match="different queries"):
         per_query_differences(a, {**b, "q5": 1.0})
+
+
+def test_randomization_p_value_matches_exact_enumeration():
+    # Ten queries: all 2^10 sign flips enumerated give the exact two-sided p-value the sampled test estimates.
+    rng = np.random.default_rng(1)
+    a = {f"q{i}": float(x) for i, x in enumerate(rng.random(10))}
+    b = {q: v + d for (q, v), d in zip(a.items(), (0.3, 0.2, 0.25, -0.05, 0.1, 0.15, 0.0, 0.2, -0.1, 0.3))}
+    cmp = per_query_differences(a, b)
+    flips = np.array(list(itertools.product((-1.0, 1.0), repeat=10)))
+    exact = float((np.abs(flips @ cmp.diff) >= abs(cmp.diff.sum()) - 1e-12).mean())
+    assert exact < 0.05  # a clear gain: the test must see it
+    assert cmp.p_value(samples=50_000) == pytest.approx(exact, abs=0.004)
+    same = per_query_differences(a, {q: v + (0.1 if i % 2 else -0.1) for i, (q, v) in enumerate(a.items())})
+    assert same.p_value() == pytest.approx(1.0, abs=1e-3)  # mean difference 0: every flip is as extreme
 
 
 def test_split_qrels_carves_dev_as_the_data_module(tiny_beir, tiny_model_dir, cache_dir):

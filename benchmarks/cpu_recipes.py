@@ -1,0 +1,124 @@
+"""The runs behind command 1's recipe and the SamToNe finding (issue 9): named fits on SciFact, their dev metrics, and
+per-query nDCG@10 against a baseline run with a paired randomization test.
+
+    LIT_DR_DATA=../shared/data python benchmarks/cpu_recipes.py --runs lr5e-5_decay_8ep lr2e-5_8ep --parallel 2
+    python benchmarks/cpu_recipes.py --table --baseline lr2e-5_8ep          # only read what the runs wrote
+
+Each run is `lit-dr fit --config configs/<objective>.yaml` plus the overrides in RUNS, in `--out/<name>/`, with
+its console in `--out/<name>.log`. Quality depends on the steps taken, not on wall time, so runs may go
+`--parallel` at `--threads` each (2 at a time with 1 thread each finish about 1.5 times sooner on 2 cores than one
+after the other at 2 threads); the wall times printed are then not command 1's (time that alone, from a fresh
+clone). Dev is 162 queries: read differences under about 0.02 nDCG@10 with the p-value beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
+
+
+def epochs(n: int) -> list[str]:
+    """Train `n` SciFact epochs (40 steps of 16 queries each) and evaluate dev once, at the end."""
+    return [f"--trainer.max_epochs={n}", f"--trainer.check_val_every_n_epoch={n}"]
+
+
+def decay(lr: float, n: int, warmup: int = 30) -> list[str]:
+    """AdamW at `lr`, linear warm-up, then linear decay to 0 at the end of `n` epochs."""
+    return [f"--model.init_args.optimizer.init_args.lr={lr}", f"--model.init_args.scheduler.init_args.warmup_steps={warmup}",
+            f"--model.init_args.scheduler.init_args.total_steps={40 * n}"]
+
+
+SEPARATE_TOWERS = ["--model.init_args.doc_encoder=lit_dr.Encoder",
+                   "--model.init_args.doc_encoder.init_args.model_name_or_path=sentence-transformers/all-MiniLM-L6-v2",
+                   "--model.init_args.doc_encoder.init_args.pooling=mean",
+                   "--model.init_args.doc_encoder.init_args.normalize=true"]
+
+# name: (objective config, overrides)
+RUNS: dict[str, tuple[str, list[str]]] = {
+    # command 1 before issue 9: 3 epochs at a constant 2e-5 after 10 warm-up steps
+    "bm25neg_3ep": ("bm25neg", epochs(3)),
+    "lr2e-5_8ep": ("bm25neg", epochs(8)),
+    "lr5e-5_decay_8ep": ("bm25neg", epochs(8) + decay(5e-5, 8)),
+    # SamToNe against BM25 negatives, each change alone, at command 1's old budget
+    "samtone_3ep": ("samtone", epochs(3)),
+    "samtone_sym_3ep": ("samtone", epochs(3) + ["--model.init_args.symmetric=true"]),
+    "inbatch_3ep": ("bm25neg", epochs(3) + ["--data.num_negatives=0"]),
+    "samtone_inbatch_3ep": ("samtone", epochs(3) + ["--data.num_negatives=0"]),
+    "towers_3ep": ("bm25neg", epochs(3) + SEPARATE_TOWERS),
+    "samtone_towers_3ep": ("samtone", epochs(3) + SEPARATE_TOWERS),
+}
+
+
+def fit(name: str, out: Path, threads: int) -> None:
+    objective, overrides = RUNS[name]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "lit_dr", "fit", "--config", f"configs/{objective}.yaml",
+           "--config", "configs/logger/csv.yaml", "--trainer.enable_progress_bar=false",
+           f"--trainer.default_root_dir={out / name}", *overrides]
+    start = time.perf_counter()
+    with open(out / f"{name}.log", "w") as log:
+        code = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    (out / name / "wall_s").write_text(f"{time.perf_counter() - start:.0f}\n")
+    print(f"{name}: exit {code}, {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def result(name: str, out: Path) -> tuple[dict[str, float], int, Path] | None:
+    """(final dev metrics, step, dev TREC file) of a finished run, or None."""
+    for metrics_csv in sorted((out / name).glob("*/*/metrics.csv")):
+        rows = [r for r in csv.DictReader(open(metrics_csv)) if r.get("val/ndcg@10")]
+        if rows:
+            step = int(rows[-1]["step"]) + 1  # the CSV logs the step before the increment
+            trec = sorted(metrics_csv.parent.glob("runs/dev-step*.trec"), key=lambda p: int(p.stem.split("step")[1]))
+            return {k: float(rows[-1][f"val/{k}"]) for k in METRICS}, step, trec[-1]
+    return None
+
+
+def table(names: list[str], out: Path, baseline: str | None) -> None:
+    from lit_dr.analysis import ndcg_per_query, per_query_differences, split_qrels
+    from lit_dr.metrics import read_trec_run
+
+    qrels = split_qrels("scifact", "dev")
+    done = {n: r for n in names if (r := result(n, out))}
+    base = ndcg_per_query(read_trec_run(done[baseline][2]), qrels) if baseline in done else None
+    print(f"| run | objective | steps | {' | '.join(METRICS)} | vs {baseline}: wins/losses, p |")
+    print("| --- | --- | --- |" + " --- |" * (len(METRICS) + 1))
+    for name, (metrics, step, trec) in done.items():
+        paired = ""
+        if base is not None and name != baseline:
+            cmp = per_query_differences(base, ndcg_per_query(read_trec_run(trec), qrels))
+            c = cmp.counts()
+            paired = f"{cmp.diff.mean():+.4f}: {c['wins']}/{c['losses']}, p={cmp.p_value():.3f}"
+        print(f"| {name} | {RUNS[name][0]} | {step} | " + " | ".join(f"{metrics[k]:.4f}" for k in METRICS)
+              + f" | {paired} |")
+    for name in sorted(set(names) - set(done)):
+        print(f"(no dev result yet: {name})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=sorted(RUNS))
+    parser.add_argument("--out", type=Path, default=Path("/tmp/lit_dr_cpu_recipes"))
+    parser.add_argument("--parallel", type=int, default=1, help="fits at a time")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per fit (default: cores / parallel)")
+    parser.add_argument("--baseline", default="bm25neg_3ep", help="the run the others are compared with per query")
+    parser.add_argument("--table", action="store_true", help="print the results of finished runs, run nothing")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.parallel)
+        with ThreadPoolExecutor(args.parallel) as pool:
+            list(pool.map(lambda n: fit(n, args.out, threads), args.runs))
+    table(args.runs, args.out, args.baseline)
+
+
+if __name__ == "__main__":
+    main()
