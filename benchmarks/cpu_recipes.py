@@ -48,6 +48,9 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "bm25neg_3ep": ("bm25neg", epochs(3)),
     "lr2e-5_8ep": ("bm25neg", epochs(8)),
     "lr5e-5_decay_8ep": ("bm25neg", epochs(8) + decay(5e-5, 8)),
+    "lr1e-4_decay_8ep": ("bm25neg", epochs(8) + decay(1e-4, 8)),
+    # the same recipe, other batches and negatives (the dev split stays seed 0's)
+    "lr5e-5_decay_8ep_sampling1": ("bm25neg", epochs(8) + decay(5e-5, 8) + ["--data.sampling_seed=1"]),
     # SamToNe against BM25 negatives, each change alone, at command 1's old budget
     "samtone_3ep": ("samtone", epochs(3)),
     "samtone_sym_3ep": ("samtone", epochs(3) + ["--model.init_args.symmetric=true"]),

@@ -98,6 +98,21 @@ def test_negatives_are_reproducible_and_change_with_the_epoch(tiny_beir, tiny_mo
     assert first != dm.train_batch(rows).doc_rows.tolist()
 
 
+def test_sampling_seed_changes_batches_not_the_dev_split(tiny_beir, tiny_model_dir, cache_dir):
+    base = make_dm(tiny_beir, tiny_model_dir, cache_dir, seed=0)
+    same = make_dm(tiny_beir, tiny_model_dir, cache_dir, seed=0, sampling_seed=0)
+    other = make_dm(tiny_beir, tiny_model_dir, cache_dir, seed=0, sampling_seed=1)
+
+    def first_epoch(dm):
+        return [(b.query_rows.tolist(), b.doc_rows.tolist())
+                for b in map(dm.train_batch, (r.numpy() for r in dm.train_dataloader()))]
+
+    for dm in (same, other):
+        assert dm.split_rows["dev"].tolist() == base.split_rows["dev"].tolist()
+    assert first_epoch(same) == first_epoch(base)  # None means `seed`
+    assert first_epoch(other) != first_epoch(base)
+
+
 def test_sampler_shards_and_skips_after_resume(tiny_beir, tiny_model_dir, cache_dir):
     from lit_dr.data.sampling import EpochSampler
 

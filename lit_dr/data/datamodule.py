@@ -44,6 +44,8 @@ class RetrievalDataModule(L.LightningDataModule):
             a `negatives.tsv` file of the data set, or none (a refresh callback may fill it later).
         dev_fraction / seed: when the data set has no `qrels/dev.tsv`, this share of training queries (chosen by
             `split_dev`, identical on every machine) becomes the dev split and leaves training.
+        sampling_seed: seeds the batch order and the draws of positives and negatives; None (default): `seed`.
+            Set it to repeat a fit with other batches on the same dev split (`seed` also carves the split).
         duplicate_ids: what a repeated corpus or query id does: raise, or keep the first with a counted warning.
         num_workers: loader workers only shuffle query rows; documents and negatives are attached in the main
             process (`on_before_batch_transfer`), as a batch is a slice of a memory map. So 0 is the default,
@@ -66,6 +68,7 @@ class RetrievalDataModule(L.LightningDataModule):
         bm25_depth: int = 100,
         dev_fraction: float = 0.2,
         seed: int = 0,
+        sampling_seed: int | None = None,
         duplicate_ids: Literal["error", "keep_first"] = "error",
         cache_dir: str | None = None,
         num_workers: int = 0,
@@ -250,7 +253,7 @@ class RetrievalDataModule(L.LightningDataModule):
         h, k = self.hparams.num_negatives, self.hparams.num_negative_queries
         docs, neg_queries = [], []
         for q in query_rows.tolist():
-            rng = np.random.default_rng([self.hparams.seed, self.epoch, self.negatives.version, q])
+            rng = np.random.default_rng([self.sampling_seed, self.epoch, self.negatives.version, q])
             positive = int(rng.choice(self.positives[q]))
             docs += [positive, *draw_rows(rng, self.negatives.candidates.get(q), h, len(self.corpus),
                                            self.relevance[q])]
@@ -268,6 +271,11 @@ class RetrievalDataModule(L.LightningDataModule):
             negative_queries=self.queries.batch(np.asarray(neg_queries, dtype=np.int64)) if k else None,
         )
 
+    @property
+    def sampling_seed(self) -> int:
+        s = self.hparams.sampling_seed
+        return self.hparams.seed if s is None else s
+
     def relevant_queries(self, doc_row: int) -> set[int]:
         """Query rows for which `doc_row` is judged relevant (DANCE drops them from the negative queries)."""
         if self._queries_of_doc is None:
@@ -282,7 +290,7 @@ class RetrievalDataModule(L.LightningDataModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         skip = self._resume_consumed * self.hparams.train_batch_size
         self._resume_consumed = 0
-        self.sampler = EpochSampler(len(self.require_split("train")), self.hparams.seed, world, rank, skip, self.epoch)
+        self.sampler = EpochSampler(len(self.require_split("train")), self.sampling_seed, world, rank, skip, self.epoch)
         return DataLoader(
             self.split_rows["train"].tolist(),
             batch_size=self.hparams.train_batch_size,
@@ -292,7 +300,7 @@ class RetrievalDataModule(L.LightningDataModule):
             num_workers=self.hparams.num_workers,
             # Its own generator: otherwise each new iterator draws a seed from the global one, which shifts
             # dropout's random stream between an uninterrupted and a resumed run.
-            generator=torch.Generator().manual_seed(self.hparams.seed),
+            generator=torch.Generator().manual_seed(self.sampling_seed),
         )
 
     def collate_encode(self, rows: list[int]) -> EncodeBatch:
