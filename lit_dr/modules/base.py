@@ -211,6 +211,8 @@ class BiEncoderModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
+        if hasattr(scheduler, "set_fit_length"):  # a schedule that ends with the fit (LinearWarmup total_steps="fit")
+            scheduler.set_fit_length(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- evaluation: encode queries in the loop, the corpus at the end, then search and score -------
