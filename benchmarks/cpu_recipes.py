@@ -42,22 +42,29 @@ SEPARATE_TOWERS = ["--model.init_args.doc_encoder=lit_dr.Encoder",
                    "--model.init_args.doc_encoder.init_args.pooling=mean",
                    "--model.init_args.doc_encoder.init_args.normalize=true"]
 
+# Command 1 before issue 9: a constant 2e-5 after 10 warm-up steps (now written out: the configs moved on).
+# (The scheduler as a whole: jsonargparse reads `init_args.total_steps=null` on the command line as a string.)
+OLD = ["--model.init_args.optimizer.init_args.lr=2e-5", '--model.init_args.scheduler={"class_path": '
+       '"lit_dr.schedulers.LinearWarmup", "init_args": {"warmup_steps": 10, "total_steps": null}}']
+
 # name: (objective config, overrides)
 RUNS: dict[str, tuple[str, list[str]]] = {
-    # command 1 before issue 9: 3 epochs at a constant 2e-5 after 10 warm-up steps
-    "bm25neg_3ep": ("bm25neg", epochs(3)),
-    "lr2e-5_8ep": ("bm25neg", epochs(8)),
+    "bm25neg_3ep": ("bm25neg", epochs(3) + OLD),  # command 1 before issue 9
+    "lr2e-5_8ep": ("bm25neg", epochs(8) + OLD),
     "lr5e-5_decay_8ep": ("bm25neg", epochs(8) + decay(5e-5, 8)),
-    "lr1e-4_decay_8ep": ("bm25neg", epochs(8) + decay(1e-4, 8)),
-    # the same recipe, other batches and negatives (the dev split stays seed 0's)
+    "lr1e-4_decay_8ep": ("bm25neg", epochs(8) + decay(1e-4, 8)),  # command 1 now (configs/bm25neg.yaml)
+    # the same recipes, other batches and negatives (the dev split stays seed 0's)
     "lr5e-5_decay_8ep_sampling1": ("bm25neg", epochs(8) + decay(5e-5, 8) + ["--data.sampling_seed=1"]),
-    # SamToNe against BM25 negatives, each change alone, at command 1's old budget
-    "samtone_3ep": ("samtone", epochs(3)),
-    "samtone_sym_3ep": ("samtone", epochs(3) + ["--model.init_args.symmetric=true"]),
-    "inbatch_3ep": ("bm25neg", epochs(3) + ["--data.num_negatives=0"]),
-    "samtone_inbatch_3ep": ("samtone", epochs(3) + ["--data.num_negatives=0"]),
-    "towers_3ep": ("bm25neg", epochs(3) + SEPARATE_TOWERS),
-    "samtone_towers_3ep": ("samtone", epochs(3) + SEPARATE_TOWERS),
+    "lr1e-4_decay_8ep_sampling1": ("bm25neg", epochs(8) + decay(1e-4, 8) + ["--data.sampling_seed=1"]),
+    # SamToNe against BM25 negatives, each change alone, at command 1's old budget ...
+    "samtone_3ep": ("samtone", epochs(3) + OLD),
+    "samtone_sym_3ep": ("samtone", epochs(3) + OLD + ["--model.init_args.symmetric=true"]),
+    "inbatch_3ep": ("bm25neg", epochs(3) + OLD + ["--data.num_negatives=0"]),
+    "samtone_inbatch_3ep": ("samtone", epochs(3) + OLD + ["--data.num_negatives=0"]),
+    "towers_3ep": ("bm25neg", epochs(3) + OLD + SEPARATE_TOWERS),
+    "samtone_towers_3ep": ("samtone", epochs(3) + OLD + SEPARATE_TOWERS),
+    # ... and at command 1's new one
+    "samtone_lr1e-4_decay_8ep": ("samtone", epochs(8) + decay(1e-4, 8)),
 }
 
 
