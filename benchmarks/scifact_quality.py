@@ -1,6 +1,6 @@
 """SciFact dev split, side by side: BM25 (bm25s), MiniLM zero-shot, BM25-negative and SamToNe fine-tuned.
 
-    LIT_DR_DATA=../shared/data python benchmarks/scifact_quality.py [--epochs 3] [--only bm25,zeroshot,...]
+    LIT_DR_DATA=../shared/data python benchmarks/scifact_quality.py [--epochs N] [--only bm25,zeroshot,...]
 
 Every system is scored by the same code on the same dev queries (20% of SciFact's training queries, carved
 with seed 0). Fine-tuned models report their final epoch (no checkpoint picked on dev). Wall time covers
@@ -52,16 +52,16 @@ def zero_shot() -> dict[str, float]:
     return {k: float(run.trainer.callback_metrics[f"val/{k}"]) for k in METRICS}
 
 
-def fine_tuned(config: str, epochs: int) -> dict[str, float]:
-    run = cli("fit", "--config", str(ROOT / config), f"--trainer.max_epochs={epochs}",
-              f"--trainer.check_val_every_n_epoch={epochs}")
+def fine_tuned(config: str, epochs: int | None) -> dict[str, float]:
+    length = [] if epochs is None else [f"--trainer.max_epochs={epochs}", f"--trainer.check_val_every_n_epoch={epochs}"]
+    run = cli("fit", "--config", str(ROOT / config), *length)
     print(f"[checkpoint] {config}: {last_checkpoint(run.trainer)}", flush=True)
     return {k: float(run.trainer.callback_metrics[f"val/{k}"]) for k in METRICS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None, help="default: each config's own")
     parser.add_argument("--only", default="bm25,zeroshot,bm25neg,samtone")
     args = parser.parse_args()
     os.environ.setdefault("LIT_DR_DATA", str(ROOT.parent / "shared" / "data"))
@@ -78,7 +78,7 @@ def main() -> None:
         metrics = evaluate()
         rows.append((name, metrics, time.perf_counter() - start))
         print(f"[done] {name}: {metrics}", flush=True)
-    print(f"\nSciFact dev ({args.epochs} epochs for fine-tuned models)")
+    print(f"\nSciFact dev ({args.epochs or 'configured'} epochs for fine-tuned models)")
     print("| system | nDCG@10 | MRR@10 | R@100 | R@1000 | wall time |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, m, seconds in rows:
