@@ -77,8 +77,9 @@ def fit(name: str, out: Path, threads: int) -> None:
     start = time.perf_counter()
     with open(out / f"{name}.log", "w") as log:
         code = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    (out / name / "wall_s").write_text(f"{time.perf_counter() - start:.0f}\n")
-    print(f"{name}: exit {code}, {time.perf_counter() - start:.0f} s", flush=True)
+    seconds = time.perf_counter() - start
+    (out / name / "wall_s").write_text(f"{seconds:.0f}\n")
+    print(f"{name}: exit {code}, {seconds:.0f} s", flush=True)
 
 
 def result(name: str, out: Path) -> tuple[dict[str, float], int, Path] | None:

@@ -72,7 +72,7 @@ def test_randomization_p_value_matches_exact_enumeration():
     # Ten queries: all 2^10 sign flips enumerated give the exact two-sided p-value the sampled test estimates.
     rng = np.random.default_rng(1)
     a = {f"q{i}": float(x) for i, x in enumerate(rng.random(10))}
-    b = {q: v + d for (q, v), d in zip(a.items(), (0.3, 0.2, 0.25, -0.05, 0.1, 0.15, 0.0, 0.2, -0.1, 0.3))}
+    b = {q: v + d for (q, v), d in zip(a.items(), (0.3, 0.2, 0.25, -0.05, 0.1, 0.15, 0.0, 0.2, -0.1, 0.3), strict=True)}
     cmp = per_query_differences(a, b)
     flips = np.array(list(itertools.product((-1.0, 1.0), repeat=10)))
     exact = float((np.abs(flips @ cmp.diff) >= abs(cmp.diff.sum()) - 1e-12).mean())
