@@ -57,7 +57,7 @@ def child(args: argparse.Namespace) -> None:
 
     batch = TrainBatch(queries=tokens(b), docs=tokens(2 * b), query_rows=torch.arange(b, device=device),
                        doc_rows=torch.arange(2 * b, device=device),
-                       judged_relevant=torch.zeros(b, 2 * b, dtype=torch.bool, device=device))
+                       excluded=torch.zeros(b, 2 * b, dtype=torch.bool, device=device))
     before_mb = status_mb("VmRSS")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -118,19 +118,20 @@ def bm25_search(
 
 
 def hard_negatives_from_ranking(
-    rows: np.ndarray, relevant: Sequence[Collection[int]], depth: int
+    rows: np.ndarray, exclude: Sequence[Collection[int]], depth: int
 ) -> list[np.ndarray]:
-    """Per query, the rows among its first `depth` results that are neither judged relevant nor -1.
+    """Per query, the rows among its first `depth` results that are neither in `exclude` nor -1.
 
     Args:
-        rows: (Q, K) ranked corpus rows, best first, -1 = empty slot.  relevant: Q collections of rows.
+        rows: (Q, K) ranked corpus rows, best first, -1 = empty slot.
+        exclude: Q collections of rows (`RetrievalDataModule.excluded_docs`: positives, or every judged row).
     Returns:
         Q int64 arrays in rank order (lengths vary).
     """
-    if len(relevant) != rows.shape[0]:
-        raise ValueError(f"{rows.shape[0]} ranked lists but {len(relevant)} relevance sets")
+    if len(exclude) != rows.shape[0]:
+        raise ValueError(f"{rows.shape[0]} ranked lists but {len(exclude)} sets of rows to exclude")
     out = []
-    for ranked, rel in zip(rows[:, :depth], relevant, strict=True):
+    for ranked, rel in zip(rows[:, :depth], exclude, strict=True):
         keep = ranked >= 0
         if rel:
             keep &= ~np.isin(ranked, np.fromiter(rel, dtype=np.int64, count=len(rel)))

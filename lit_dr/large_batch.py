@@ -24,10 +24,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lit_dr.data.batches import TokenBatch, TrainBatch, judged_mask
+from lit_dr.data.batches import TokenBatch, TrainBatch, excluded_mask
 
 Encode = Callable[[TokenBatch], Tensor]  # (n, L) tokens -> (n, H) embeddings
-Relevance = Callable[[np.ndarray], list[dict[int, int]]]  # query rows -> per query {corpus row: grade}
+Excluded = Callable[[np.ndarray], list[set[int]]]  # query rows -> per query the corpus rows it may not have as negatives
 
 
 # -- negatives across processes -------------------------------------------------------------------------------
@@ -48,22 +48,22 @@ def gather_padded(x: Tensor, pad_value: int = 0) -> Tensor:
     return gather_keep_local(padded)
 
 
-def gather_train_batch(batch: TrainBatch, relevance_for: Relevance) -> TrainBatch:
+def gather_train_batch(batch: TrainBatch, excluded_docs: Excluded) -> TrainBatch:
     """The batches of all processes as one, in rank order: what one process would hold for their concatenation.
 
-    Tokens are right-padded to the longest of each field. `judged_relevant` (W B, W B G) is recomputed for this
-    process's queries against every process's documents (`relevance_for`: query rows -> {corpus row: grade}), then
-    gathered: another process's document judged relevant to a local query is masked as well.
+    Tokens are right-padded to the longest of each field. `excluded` (W B, W B G) is recomputed for this process's
+    queries against every process's documents (`excluded_docs`: `RetrievalDataModule.excluded_docs`, the rule of
+    the one-process mask), then gathered: another process's document excluded for a local query is masked as well.
     """
 
     def tokens(t: TokenBatch | None) -> TokenBatch | None:
         return None if t is None else TokenBatch(gather_padded(t.input_ids), gather_padded(t.attention_mask))
 
     doc_rows = gather_keep_local(batch.doc_rows)  # (W * B * G,)
-    mine = judged_mask(relevance_for(batch.query_rows.cpu().numpy()), doc_rows.cpu().numpy())  # (B, W * B * G)
-    judged = gather_keep_local(torch.from_numpy(mine).to(batch.doc_rows.device, torch.uint8)).bool()
+    mine = excluded_mask(excluded_docs(batch.query_rows.cpu().numpy()), doc_rows.cpu().numpy())  # (B, W * B * G)
+    mask = gather_keep_local(torch.from_numpy(mine).to(batch.doc_rows.device, torch.uint8)).bool()
     return TrainBatch(queries=tokens(batch.queries), docs=tokens(batch.docs),
-                      query_rows=gather_keep_local(batch.query_rows), doc_rows=doc_rows, judged_relevant=judged,
+                      query_rows=gather_keep_local(batch.query_rows), doc_rows=doc_rows, excluded=mask,
                       negative_queries=tokens(batch.negative_queries))
 
 

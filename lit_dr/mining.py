@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,18 +22,21 @@ class Mined:
 def sample_negatives(
     ranked: np.ndarray,
     keys: Sequence[int],
-    relevant: Sequence[set[int]],
+    exclude: Sequence[Collection[int]],
     num: int,
     skip: int,
     seed: int,
     generation: int,
+    relevant: Sequence[Collection[int]],
 ) -> Mined:
-    """From each key's ranking (best first), drop judged-relevant rows and empty slots (-1), keep ranks
+    """From each key's ranking (best first), drop the rows in `exclude` and empty slots (-1), keep ranks
     [skip, depth), and draw `num` uniformly without replacement (all when fewer remain).
 
     Args:
         ranked: (K, depth) rows retrieved for each key.  keys: (K,) the key rows (seed the draw).
-        relevant: per key, the rows to drop (documents judged relevant; for DANCE, queries judged relevant).
+        exclude: per key, the rows that may not be negatives (`RetrievalDataModule.excluded_docs`: its positives,
+            or every judged document; for DANCE, `excluded_queries`).
+        relevant: per key, its positives (grade > 0), whatever `exclude` holds: what the figures count.
     The draw is seeded by (seed, generation, key) and made from the candidates sorted by row, so it depends on
     the candidate set only, not on how near-ties were ordered: every process of a DDP job draws the same.
     Also reports the share of keys with a relevant row in the ranking and their mean best rank (1-based).
@@ -46,7 +49,7 @@ def sample_negatives(
             found += 1
             best_ranks.append(hits[0] + 1)
         window = row_ranking[skip:]
-        keep = window[(window >= 0) & ~np.isin(window, list(relevant[i]))]
+        keep = window[(window >= 0) & ~np.isin(window, list(exclude[i]))]
         pool = np.sort(keep)
         rng = np.random.default_rng([seed, generation, int(key)])
         take = min(num, len(pool))

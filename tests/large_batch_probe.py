@@ -27,7 +27,7 @@ class Recording:
     """Keeps the batch and embeddings the loss was computed on."""
 
     def compute_loss(self, q, d, batch, **extra):
-        self.seen = {"judged": batch.judged_relevant.cpu(), "query_rows": batch.query_rows.cpu(),
+        self.seen = {"judged": batch.excluded.cpu(), "query_rows": batch.query_rows.cpu(),
                      "doc_rows": batch.doc_rows.cpu(), "q": q.detach().cpu()}
         return super().compute_loss(q, d, batch, **extra)
 

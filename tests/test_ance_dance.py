@@ -142,7 +142,7 @@ def train_batch(b=3, g=3, k=2, with_negative_queries=True):
         docs=tokens(b * g, seed=1, length=9),
         query_rows=torch.arange(b),
         doc_rows=torch.arange(b * g),
-        judged_relevant=torch.zeros(b, b * g, dtype=torch.bool),
+        excluded=torch.zeros(b, b * g, dtype=torch.bool),
         negative_queries=tokens(b * k, seed=2, length=6) if with_negative_queries else None,
     )
 

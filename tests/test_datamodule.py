@@ -86,7 +86,7 @@ def test_train_batch_layout_and_false_negative_mask(tiny_beir, tiny_model_dir, c
     for i, q in enumerate(batch.query_rows.tolist()):
         assert int(batch.doc_rows[i * 3]) in dm.relevance[q]  # positive first
         for j, d in enumerate(batch.doc_rows.tolist()):
-            assert bool(batch.judged_relevant[i, j]) == (d in dm.relevance[q])
+            assert bool(batch.excluded[i, j]) == (d in dm.excluded_docs([q])[0])
 
 
 def test_negatives_are_reproducible_and_change_with_the_epoch(tiny_beir, tiny_model_dir, cache_dir):

@@ -114,11 +114,11 @@ def test_cached_gradient_is_wrong_without_replaying_the_random_state(train_batch
     assert max((got[n] - expected[n]).abs().max() for n in expected) > 1e-3
 
 
-def test_judged_mask_matches_the_data_module_rule():
-    relevance = [{3: 1, 7: 0}, {}, {1: 2}]
+def test_excluded_mask_matches_the_data_module_rule():
+    excluded = [{3, 7}, set(), {1}]  # RetrievalDataModule.excluded_docs of three queries
     doc_rows = np.array([3, 1, 7, 3, 5])
-    naive = [[int(d) in rel for d in doc_rows] for rel in relevance]  # RetrievalDataModule.train_batch's rule
-    assert large_batch.judged_mask(relevance, doc_rows).tolist() == naive
+    naive = [[int(d) in rows for d in doc_rows] for rows in excluded]  # RetrievalDataModule.train_batch's rule
+    assert large_batch.excluded_mask(excluded, doc_rows).tolist() == naive
 
 
 def test_ltre_refuses_the_options(tiny_model_dir):

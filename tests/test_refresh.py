@@ -19,7 +19,8 @@ TESTS = Path(__file__).resolve().parent
 
 def test_sample_negatives_drops_relevant_and_respects_the_window():
     ranked = np.array([[5, 3, 9, 1, 7, -1], [2, 4, 6, 8, 0, 1]])
-    mined = sample_negatives(ranked, keys=[10, 11], relevant=[{3, 7}, {0}], num=10, skip=1, seed=0, generation=1)
+    mined = sample_negatives(ranked, keys=[10, 11], exclude=[{3, 7}, {0}], num=10, skip=1, seed=0, generation=1,
+                             relevant=[{3, 7}, {0}])
     assert mined.candidates[10].tolist() == [1, 9]  # rank 0 skipped, relevant and -1 dropped
     assert mined.candidates[11].tolist() == [1, 4, 6, 8]
     assert mined.stats["positive_in_depth"] == 1.0
@@ -28,11 +29,11 @@ def test_sample_negatives_drops_relevant_and_respects_the_window():
 
 def test_sample_negatives_is_uniform_and_seeded():
     ranked = np.arange(200)[None, :]
-    draws = [sample_negatives(ranked, [0], [{0}], 20, 0, seed=0, generation=g).candidates[0] for g in range(300)]
+    draws = [sample_negatives(ranked, [0], [{0}], 20, 0, 0, g, [{0}]).candidates[0] for g in range(300)]
     assert all(len(d) == 20 and 0 not in d for d in draws)
     counts = np.bincount(np.concatenate(draws), minlength=200)[1:]
     assert counts.min() > 10 and counts.max() < 60  # about 30 each: no rank preference
-    again = sample_negatives(ranked, [0], [{0}], 20, 0, seed=0, generation=5).candidates[0]
+    again = sample_negatives(ranked, [0], [{0}], 20, 0, 0, 5, [{0}]).candidates[0]
     assert np.array_equal(again, draws[5])
 
 
@@ -44,7 +45,8 @@ def test_mined_negatives_match_brute_force_topk():
     _, ranked = search(build_index(docs.numpy(), "Flat"), queries.numpy(), k=30)
     exact = torch.topk(queries @ docs.T, 30).indices.numpy()
     assert np.array_equal(ranked, exact)
-    mined = sample_negatives(ranked, list(range(20)), [{int(exact[i, 0])} for i in range(20)], 30, 0, 0, 1)
+    positives = [{int(exact[i, 0])} for i in range(20)]
+    mined = sample_negatives(ranked, list(range(20)), positives, 30, 0, 0, 1, positives)
     for i in range(20):
         assert set(mined.candidates[i].tolist()) == set(exact[i, 1:].tolist())
 

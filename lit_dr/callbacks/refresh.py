@@ -24,11 +24,13 @@ log = logging.getLogger(__name__)
 class NegativeRefresh(L.Callback):
     """Every `every_n_steps` optimizer steps (and, optionally, before the first): encode the corpus and the
     training queries with the current model, index the corpus with FAISS, retrieve the top `depth` per query,
-    drop every judged-relevant document, draw `num_negatives` from ranks [skip, depth), and hand the new,
-    versioned table to the data module, which uses it from the next batch on.
+    drop the documents the data module excludes (`excluded_docs`: positives, or all judged), draw `num_negatives`
+    from ranks [skip, depth), and hand the new, versioned table to the data module, which uses it from the next
+    batch on.
 
     With `mine_queries` (DANCE) it also indexes the training queries and draws `num_negative_queries` negative
-    queries for each positive document from its top `query_depth`, dropping queries it is relevant to.
+    queries for each positive document from its top `query_depth` training queries, dropping `excluded_queries`.
+    The figures `positive_in_depth` / `positive_mean_rank` count positives (grade > 0) only.
 
     Under DDP every process encodes its share of the corpus and of the queries to disk, searches the whole corpus
     for its own queries, and the rankings are gathered; every process then draws the same (the draw is seeded by
@@ -171,8 +173,8 @@ class NegativeRefresh(L.Callback):
             _, ranked = pl_module.search(docs, mine, min(self.depth, len(dm.corpus)), self.index_factory,
                                          share=False)  # (Q, depth), every process's queries
         with phase("sample"):
-            mined = sample_negatives(ranked, train, [set(dm.relevance[q]) for q in train], self.num_negatives,
-                                     self.skip, self.seed, generation)
+            mined = sample_negatives(ranked, train, dm.excluded_docs(train), self.num_negatives, self.skip,
+                                     self.seed, generation, relevant=[dm.positives[q] for q in train])
         query_candidates = None
         if self.mine_queries:
             with phase("mine_queries"):
@@ -182,8 +184,8 @@ class NegativeRefresh(L.Callback):
                                            share=False)  # (P, query_depth) positions in `train`
                 near = np.where(near >= 0, train[np.maximum(near, 0)], -1)  # positions -> query rows
                 query_candidates = sample_negatives(
-                    near, positives, [dm.relevant_queries(d) for d in positives], self.num_negative_queries, 0,
-                    self.seed, generation,
+                    near, positives, [dm.excluded_queries(d) for d in positives], self.num_negative_queries, 0,
+                    self.seed, generation, relevant=[dm.relevant_queries(d) for d in positives],
                 ).candidates
         pl_module.remove_embeddings(queries)  # every process is past the searches' gathers
         times["time_total_s"] = sum(times.values())

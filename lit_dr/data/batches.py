@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -29,7 +30,9 @@ class TrainBatch(_Movable):
     docs: TokenBatch  # (B * G, Ld); row i * G is query i's positive
     query_rows: Tensor  # (B,) row of each query in the query store
     doc_rows: Tensor  # (B * G,) corpus row of each document
-    judged_relevant: Tensor  # (B, B * G) bool: doc j is judged relevant to query i (in-batch false negatives)
+    # (B, B * G) bool: doc j may not be a negative of query i (`RetrievalDataModule.exclude_from_negatives`: its
+    # positives, or every document judged for it); the in-batch false-negative mask.
+    excluded: Tensor
     # DANCE: for each query's positive document, K mined negative queries (rows i * K .. i * K + K - 1).
     negative_queries: TokenBatch | None = None  # (B * K, Lq)
 
@@ -46,10 +49,10 @@ class EncodeBatch(_Movable):
     rows: Tensor  # (N,)
 
 
-def judged_mask(relevance: list[dict[int, int]], doc_rows: np.ndarray) -> np.ndarray:
-    """(B, N) bool: doc_rows[j] is judged for query i (a key of relevance[i]): `TrainBatch.judged_relevant`."""
-    mask = np.zeros((len(relevance), len(doc_rows)), dtype=bool)
-    for i, rel in enumerate(relevance):
-        if rel:
-            mask[i] = np.isin(doc_rows, np.fromiter(rel, dtype=np.int64, count=len(rel)))
+def excluded_mask(excluded: Sequence[Collection[int]], doc_rows: np.ndarray) -> np.ndarray:
+    """(B, N) bool: doc_rows[j] is in excluded[i] (`RetrievalDataModule.excluded_docs`): `TrainBatch.excluded`."""
+    mask = np.zeros((len(excluded), len(doc_rows)), dtype=bool)
+    for i, rows in enumerate(excluded):
+        if rows:
+            mask[i] = np.isin(doc_rows, np.fromiter(rows, dtype=np.int64, count=len(rows)))
     return mask

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lit_dr.data.batches import EncodeBatch, TrainBatch, judged_mask
+from lit_dr.data.batches import EncodeBatch, TrainBatch, excluded_mask
 from lit_dr.data.formats import (
     NEGATIVES_FILE,
     DatasetFiles,
@@ -39,9 +39,17 @@ class RetrievalDataModule(L.LightningDataModule):
         tokenizer: tokenizer path or hub id; the CLI fills it from the model's encoder.
         query_max_length / doc_max_length: tokens kept per side (longer texts are truncated).
         num_negatives: hard negatives per query per batch (0: in-batch negatives only).
-        num_negative_queries: negative queries per positive document per batch (DANCE's dual loss; 0: none).
-        negatives: where the initial table comes from: BM25 top `bm25_depth` minus judged-relevant documents,
+        num_negative_queries: negative queries per positive document per batch (DANCE's dual loss; 0: none), drawn
+            from the table's mined queries (`NegativeRefresh(mine_queries=True)`); where a document has fewer, or
+            no refresh mines queries, topped up with training queries drawn at random (never dev or test
+            queries, never `excluded_queries`), counted in one warning per table.
+        negatives: where the initial table comes from: BM25 top `bm25_depth` minus `excluded_docs`,
             a `negatives.tsv` file of the data set, or none (a refresh callback may fill it later).
+        exclude_from_negatives: what may never be a query's negative, in BM25 and file negatives, the random
+            top-up, the refresh's mining and the in-batch false-negative mask (`excluded_docs`): "positives"
+            (grade > 0; ANCE's released code) or "judged" (every document judged for the query, grade 0
+            included, so a judged non-relevant document is never a negative). DANCE's negative queries follow
+            it too (`excluded_queries`).
         dev_fraction / seed: when the data set has no `qrels/dev.tsv`, this share of training queries (chosen by
             `split_dev`, identical on every machine) becomes the dev split and leaves training.
         sampling_seed: seeds the batch order and the draws of positives and negatives; None (default): `seed`.
@@ -66,6 +74,7 @@ class RetrievalDataModule(L.LightningDataModule):
         num_negative_queries: int = 0,
         negatives: Literal["bm25", "file", "none"] = "bm25",
         bm25_depth: int = 100,
+        exclude_from_negatives: Literal["positives", "judged"] = "positives",
         dev_fraction: float = 0.2,
         seed: int = 0,
         sampling_seed: int | None = None,
@@ -83,7 +92,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self._resume_consumed = 0
         self.sampler: EpochSampler | None = None
         self.negatives = NegativesTable({})
-        self._queries_of_doc: dict[int, set[int]] | None = None
+        self._queries_of_doc: dict[bool, dict[int, set[int]]] = {}  # positives only? -> doc row -> query rows
+        self._checked_query_pools: NegativesTable | None = None
         self._files: DatasetFiles | None = None
         self._loaded = False  # stores, splits and judgments: set together, only by a `setup` that succeeds
         self._initial_negatives_set = False
@@ -181,7 +191,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.judgments = judgments
         self.positives = {q: np.array([d for d, g in rel.items() if g > 0], dtype=np.int64)
                           for q, rel in relevance.items()}
-        self._empty_because, self._queries_of_doc = empty_because, None
+        self._empty_because, self._queries_of_doc = empty_because, {}
         self._loaded, self._initial_negatives_set = True, False
 
     def require_split(self, split: str) -> np.ndarray:
@@ -209,7 +219,7 @@ class RetrievalDataModule(L.LightningDataModule):
                                     f"(looked for {looked_for.name})")
         if problem := file_problem(files.negatives):
             raise FileNotFoundError(f"negatives='file': {files.root}: {problem}")
-        return given_negatives(files.negatives, self.corpus, self.queries, train, self.relevance)
+        return given_negatives(files.negatives, self.corpus, self.queries, train, self.excluded_docs(train))
 
     def _bm25_negatives(self, train: np.ndarray) -> NegativesTable:
         """BM25 over exactly the stored corpus rows, in store order, so its row numbers are the store's."""
@@ -218,13 +228,23 @@ class RetrievalDataModule(L.LightningDataModule):
         depth = self.hparams.bm25_depth
         _, ranked = bm25_search(list(self.corpus.texts()), list(self.queries.texts(train.tolist())), k=depth,
                                 cache_dir=self.cache_dir / "bm25", show_progress=self.hparams.show_progress)
-        relevant = [set(self.relevance[q]) for q in train]
-        mined = hard_negatives_from_ranking(ranked, relevant, depth)
+        mined = hard_negatives_from_ranking(ranked, self.excluded_docs(train), depth)
         return NegativesTable({int(q): m for q, m in zip(train, mined, strict=True)}, source=f"bm25@{depth}")
 
     # -- state the callbacks and modules use --------------------------------------------------------
     def set_negatives(self, table: NegativesTable) -> None:
         self.negatives = table
+
+    def excluded_docs(self, query_rows) -> list[set[int]]:
+        """Per query row, the corpus rows that may not be its negatives (`exclude_from_negatives`): its positives
+        (grade > 0), or every document judged for it. Every consumer asks here: BM25 and file negatives, the
+        random top-up, the refresh and the in-batch mask (`TrainBatch.excluded`, across processes too)."""
+        option = self.hparams.exclude_from_negatives
+        if option == "judged":
+            return [set(self.relevance.get(int(q), ())) for q in query_rows]
+        if option == "positives":
+            return [{d for d, g in self.relevance.get(int(q), {}).items() if g > 0} for q in query_rows]
+        raise ValueError(f"exclude_from_negatives={option!r}: expected 'positives' or 'judged'")
 
     def relevance_for(self, query_rows: np.ndarray, split: str | None = None) -> list[dict[int, int]]:
         """{corpus row: grade} per query row, as judged in `split`'s qrels; a query that file does not judge (or
@@ -251,23 +271,25 @@ class RetrievalDataModule(L.LightningDataModule):
         """Each query with one positive and `num_negatives` negatives, drawn by a generator seeded with
         (seed, epoch, table version, query row): reproducible, and resumable without saved random state."""
         h, k = self.hparams.num_negatives, self.hparams.num_negative_queries
+        if k:
+            self._warn_short_query_pools(k)
         docs, neg_queries = [], []
-        for q in query_rows.tolist():
+        excluded = self.excluded_docs(query_rows)
+        for q, exclude in zip(query_rows.tolist(), excluded, strict=True):
             rng = np.random.default_rng([self.sampling_seed, self.epoch, self.negatives.version, q])
             positive = int(rng.choice(self.positives[q]))
-            docs += [positive, *draw_rows(rng, self.negatives.candidates.get(q), h, len(self.corpus),
-                                           self.relevance[q])]
+            docs += [positive, *draw_rows(rng, self.negatives.candidates.get(q), h, len(self.corpus), exclude)]
             if k:
                 pool = (self.negatives.query_candidates or {}).get(positive)
-                neg_queries += draw_rows(rng, pool, k, len(self.queries), self.relevant_queries(positive))
+                neg_queries += draw_rows(rng, pool, k, self.split_rows["train"], self.excluded_queries(positive))
         doc_rows = np.asarray(docs, dtype=np.int64)  # (B * G,)
-        judged = torch.from_numpy(judged_mask([self.relevance[q] for q in query_rows], doc_rows))  # (B, B * G)
+        mask = torch.from_numpy(excluded_mask(excluded, doc_rows))  # (B, B * G)
         return TrainBatch(
             queries=self.queries.batch(query_rows),
             docs=self.corpus.batch(doc_rows),
             query_rows=torch.from_numpy(query_rows),
             doc_rows=torch.from_numpy(doc_rows),
-            judged_relevant=judged,
+            excluded=mask,
             negative_queries=self.queries.batch(np.asarray(neg_queries, dtype=np.int64)) if k else None,
         )
 
@@ -277,14 +299,44 @@ class RetrievalDataModule(L.LightningDataModule):
         return self.hparams.seed if s is None else s
 
     def relevant_queries(self, doc_row: int) -> set[int]:
-        """Query rows for which `doc_row` is judged relevant (DANCE drops them from the negative queries)."""
-        if self._queries_of_doc is None:
-            self._queries_of_doc = {}
+        """Query rows for which `doc_row` is judged relevant (grade > 0), in any split."""
+        return self._queries_judging(doc_row, positives_only=True)
+
+    def excluded_queries(self, doc_row: int) -> set[int]:
+        """Query rows that may not be negative queries of `doc_row` (DANCE), by `exclude_from_negatives`: those
+        it is relevant to, or every query that judged it."""
+        return self._queries_judging(doc_row, positives_only=self.hparams.exclude_from_negatives == "positives")
+
+    def _queries_judging(self, doc_row: int, positives_only: bool) -> set[int]:
+        if positives_only not in self._queries_of_doc:
+            index: dict[int, set[int]] = {}
             for q, rel in self.relevance.items():
                 for d, g in rel.items():
-                    if g > 0:
-                        self._queries_of_doc.setdefault(d, set()).add(q)
-        return self._queries_of_doc.get(doc_row, set())
+                    if g > 0 or not positives_only:
+                        index.setdefault(d, set()).add(q)
+            self._queries_of_doc[positives_only] = index
+        return self._queries_of_doc[positives_only].get(doc_row, set())
+
+    def _warn_short_query_pools(self, k: int) -> None:
+        """Once per negatives table: how many positive documents of the training queries have fewer than `k`
+        mined negative queries, so that some of theirs are random training queries."""
+        if self._checked_query_pools is self.negatives:
+            return
+        self._checked_query_pools = self.negatives
+        train = self.split_rows["train"]
+        docs = {int(d) for q in train.tolist() for d in self.positives[q]}
+        mined = self.negatives.query_candidates
+        if mined is None:
+            log.warning("num_negative_queries=%d but the negatives table (%s) has no mined negative queries (no "
+                        "NegativeRefresh with mine_queries=True yet): the negative queries of all %d positive "
+                        "documents are drawn at random from the %d training queries", k,
+                        self.negatives.source or "empty", len(docs), len(train))
+            return
+        short = sum(len(mined.get(d, ())) < k for d in docs)
+        if short:
+            log.warning("%d of %d positive documents have fewer than num_negative_queries=%d mined negative queries "
+                        "in the negatives table (%s): topped up with random training queries", short, len(docs), k,
+                        self.negatives.source)
 
     def train_dataloader(self) -> DataLoader:
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)

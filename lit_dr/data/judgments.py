@@ -4,6 +4,7 @@ reported, and a split left with no query says why."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,20 +70,21 @@ def load_qrels(path: Path, corpus: TokenStore, queries: TokenStore,
 
 
 def given_negatives(path: Path, corpus: TokenStore, queries: TokenStore, train: np.ndarray,
-                    relevance: dict[int, dict[int, int]]) -> NegativesTable:
-    """The negatives file's candidates for each training query row (corpus rows, judged ones dropped), with
-    unknown ids counted in one warning and the rest of what was left out in one info line."""
+                    excluded: Sequence[Collection[int]]) -> NegativesTable:
+    """The negatives file's candidates for each training query row (corpus rows; those in `excluded`, aligned with
+    `train`, dropped: `RetrievalDataModule.excluded_docs`), with unknown ids counted in one warning and the rest of
+    what was left out in one info line."""
     line_of: dict[str, int] = {}
     given = read_negatives(path, line_of)
     unknown_queries = [q for q in given if q not in queries.row_of]
     unknown_docs = [(q, d) for q, ds in given.items() for d in ds if d not in corpus.row_of]
     training = set(train.tolist())
-    candidates, judged, without = {}, 0, 0
-    for q in train.tolist():
+    candidates, dropped, without = {}, 0, 0
+    for q, exclude in zip(train.tolist(), excluded, strict=True):
         ids = given.get(str(queries.ids[q]), [])
         rows = [corpus.row_of[i] for i in ids if i in corpus.row_of]
-        kept = [r for r in rows if r not in relevance[q]]
-        judged += len(rows) - len(kept)
+        kept = [r for r in rows if r not in exclude]
+        dropped += len(rows) - len(kept)
         without += not kept
         candidates[q] = np.array(kept, dtype=np.int64)
     if unknown_queries or unknown_docs:
@@ -91,8 +93,8 @@ def given_negatives(path: Path, corpus: TokenStore, queries: TokenStore, train: 
         log.warning("%s: %d negatives name unknown documents and %d lines unknown queries (e.g. %s); ignored",
                     path, len(unknown_docs), len(unknown_queries), example)
     outside = sum(1 for q in given if q in queries.row_of and queries.row_of[q] not in training)
-    if judged or outside or without:
-        log.info("%s: %d listed negatives are judged for their query and dropped; %d listed queries are not "
-                 "training queries; %d training queries have no given negative (drawn at random instead)",
-                 path, judged, outside, without)
+    if dropped or outside or without:
+        log.info("%s: %d listed negatives are excluded for their query (exclude_from_negatives) and dropped; %d "
+                 "listed queries are not training queries; %d training queries have no given negative (drawn at "
+                 "random instead)", path, dropped, outside, without)
     return NegativesTable(candidates, source=str(path))

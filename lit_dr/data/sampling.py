@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,18 +39,31 @@ class EpochSampler(DistributedSampler):
         return iter(indices[skip:])
 
 
-def draw_rows(rng: np.random.Generator, pool: np.ndarray | None, n: int, population: int, exclude) -> list[int]:
-    """n distinct rows uniformly from `pool`; if it holds fewer, topped up with random rows not in `exclude`."""
+def draw_rows(rng: np.random.Generator, pool: np.ndarray | None, n: int, population: int | np.ndarray,
+              exclude: Collection[int]) -> list[int]:
+    """n distinct rows uniformly from `pool`; if it holds fewer, topped up with random rows not in `exclude`.
+
+    Args:
+        population: where top-up rows come from: `range(population)` for an int (every corpus row), else the
+            given rows (DANCE's negative queries: the training split's query rows only).
+    """
     if n == 0:
         return []
     pool = np.empty(0, dtype=np.int64) if pool is None else pool
     if len(pool) >= n:
         return rng.choice(pool, size=n, replace=False).tolist()
     chosen, taken = pool.tolist(), set(pool.tolist()) | set(exclude)
-    if population - len(taken) < n - len(chosen):
-        raise ValueError(f"cannot draw {n} negatives: only {population} rows, {len(taken)} excluded")
+    if isinstance(population, int | np.integer):
+        size, free = int(population), int(population) - len(taken)
+        row_at = int
+    else:
+        size, free = len(population), int((~np.isin(population, list(taken))).sum())
+        row_at = lambda i: int(population[i])  # noqa: E731
+    if free < n - len(chosen):
+        raise ValueError(f"cannot draw {n} negatives: only {size} rows to draw from, {size - free} of them excluded "
+                         "or already in the pool")
     while len(chosen) < n:
-        r = int(rng.integers(population))
+        r = row_at(rng.integers(size))
         if r not in taken:
             chosen.append(r)
             taken.add(r)

@@ -184,7 +184,7 @@ class BiEncoderModule(L.LightningModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         if self.hparams.get("cross_device_negatives") and world > 1:
             emb = {name: gather_keep_local(e) for name, e in emb.items()}  # (W * n, H)
-            batch = gather_train_batch(batch, self.trainer.datamodule.relevance_for)
+            batch = gather_train_batch(batch, self.trainer.datamodule.excluded_docs)
         extra = {name: e for name, e in emb.items() if name not in ("q", "d")}
         loss = self.compute_loss(emb["q"], emb["d"], batch, **extra)
         return (loss * world if self.hparams.get("cross_device_negatives") else loss), loss
@@ -307,8 +307,8 @@ class BiEncoderModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._corpus_cache = None  # weights may come from a checkpoint now
         dm = getattr(self.trainer, "datamodule", None)
-        if self.hparams.get("cross_device_negatives") and not hasattr(dm, "relevance_for"):
-            raise ValueError("cross_device_negatives needs a data module with `relevance_for(query_rows)` (such as "
+        if self.hparams.get("cross_device_negatives") and not hasattr(dm, "excluded_docs"):
+            raise ValueError("cross_device_negatives needs a data module with `excluded_docs(query_rows)` (such as "
                              "RetrievalDataModule): the false-negative mask must cover other processes' documents")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

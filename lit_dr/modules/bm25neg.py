@@ -15,8 +15,9 @@ class BM25Negatives(BiEncoderModule):
     Args:
         temperature: divides the scores; DPR uses 1 with dot product. With normalised (cosine) embeddings
             use a small value such as 0.05.
-        exclude_judged_relevant: drop in-batch documents judged relevant to a query from its softmax
-            (false negatives; STAR's variant). DPR masks nothing.
+        exclude_judged_relevant: drop from a query's softmax the in-batch documents the data module excludes from
+            its negatives (false negatives; `exclude_from_negatives`: its positives, or every judged document;
+            STAR's variant masks positives). DPR masks nothing.
         **kwargs: the towers, optimizer and evaluation options of `BiEncoderModule`.
     """
 
@@ -26,5 +27,5 @@ class BM25Negatives(BiEncoderModule):
         self.exclude_judged_relevant = exclude_judged_relevant
 
     def compute_loss(self, q: Tensor, d: Tensor, batch: TrainBatch) -> Tensor:
-        exclude = batch.judged_relevant if self.exclude_judged_relevant else None
+        exclude = batch.excluded if self.exclude_judged_relevant else None
         return info_nce(q, d, batch.group_size, self.temperature, exclude)

@@ -15,7 +15,8 @@ class SamToNe(BiEncoderModule):
     Args:
         temperature: tau; the paper uses cosine similarity, so pair this with `Encoder(normalize=True)`.
         symmetric: also the document -> query direction with the other documents as same-tower negatives.
-        exclude_judged_relevant: drop in-batch documents judged relevant to a query from its softmax.
+        exclude_judged_relevant: drop from a query's softmax the in-batch documents the data module excludes from
+            its negatives (`exclude_from_negatives`: its positives, or every judged document).
         **kwargs: the towers, optimizer and evaluation options of `BiEncoderModule`.
     """
 
@@ -28,5 +29,5 @@ class SamToNe(BiEncoderModule):
         self.exclude_judged_relevant = exclude_judged_relevant
 
     def compute_loss(self, q: Tensor, d: Tensor, batch: TrainBatch) -> Tensor:
-        exclude = batch.judged_relevant if self.exclude_judged_relevant else None
+        exclude = batch.excluded if self.exclude_judged_relevant else None
         return same_tower_info_nce(q, d, batch.group_size, self.temperature, exclude, self.symmetric)
