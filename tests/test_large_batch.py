@@ -164,7 +164,8 @@ def test_fit_with_accumulation_and_clipping_matches_uncached(tiny_beir, tiny_mod
 @pytest.fixture(scope="module")
 def ddp_inputs(tiny_model_dir, tmp_path_factory):
     """A tiny BERT without dropout (2 processes draw other masks than 1) and a data set where q0..q3 are also
-    relevant to d16..d19, the positives of q16..q19: in-batch false negatives across the two processes."""
+    relevant to d16..d19, the positives of q16..q19: in-batch false negatives across the two processes; q0 judged
+    d17..d19 non-relevant (grade 0): not masked by default (`exclude_from_negatives="positives"`)."""
     root = tmp_path_factory.mktemp("ddp")
     model = Path(shutil.copytree(tiny_model_dir, root / "model"))
     config = json.loads((model / "config.json").read_text())
@@ -173,6 +174,7 @@ def ddp_inputs(tiny_model_dir, tmp_path_factory):
     data = write_beir(root / "data", dev=True)
     with open(data / "qrels" / "train.tsv", "a") as f:
         f.write("".join(f"q{i}\td{i + 16}\t1\n" for i in range(4)))
+        f.write("".join(f"q0\td{i}\t0\n" for i in (17, 18, 19)))
     return str(model), str(data), str(root / "cache")
 
 
@@ -214,6 +216,9 @@ def test_two_processes_share_negatives_like_one_process_on_the_whole_batch(ddp_i
                     assert torch.equal(two[key], one[key]), (case, key)
     judged = load("bm25neg", 1, 0)["judged"]  # (8, 16): rank 0's queries, rank 1's documents and the reverse
     assert judged[:4, 8:].any() and judged[4:, :8].any()
+    doc_rows = load("bm25neg", 1, 0)["doc_rows"]  # corpus row r is d{r}: write_beir's order
+    grade_0 = torch.isin(doc_rows, torch.tensor([17, 18, 19]))
+    assert grade_0.sum() >= 3 and not judged[0, grade_0].any()  # q0's judged non-relevant documents
     # Without sharing, each process's loss covers its own half: another gradient (the comparison can fail).
     local = load("bm25neg_local", 2, 0)["grads"]
     one = load("bm25neg", 1, 0)["grads"]
