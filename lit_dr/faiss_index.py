@@ -73,9 +73,9 @@ def _needs_float16_tables(faiss: Any, index: Any) -> bool:
     """IVF-PQ whose float32 lookup tables (M x 2^nbits x 4 bytes: 64 KiB at PQ64) exceed a GPU block's shared
     memory: the GPU build refuses it unless the tables are float16."""
     ivf = faiss.try_extract_index_ivf(index) if hasattr(faiss, "try_extract_index_ivf") else None
-    ivf = None if ivf is None else faiss.downcast_index(ivf)  # the IndexIVF base -> its class
-    if not isinstance(ivf, faiss.IndexIVFPQ):
+    if ivf is None or not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):  # downcast: IndexIVF -> class
         return False
+    ivf = faiss.downcast_index(ivf)
     return ivf.pq.M * ivf.pq.ksub * 4 > _GPU_LUT_BYTES
 
 
