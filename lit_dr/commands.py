@@ -33,9 +33,9 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("model", help=MODEL_HELP)
             p.add_argument("corpus", help="a corpus file (BEIR .jsonl with _id/title/text, MS MARCO .tsv) or a "
                                           "BEIR / MS MARCO data set directory")
-            p.add_argument("out_dir", help="where embeddings/, index.faiss, ids.npy and index.json go")
-            p.add_argument("--index_factory", default="Flat", help="FAISS factory string: Flat (exact), "
-                           "'IVF4096,PQ64', HNSW32, ... (default Flat)")
+            p.add_argument("out_dir", help="where embeddings/, ids.npy, index.json and (not for Flat) index.faiss go")
+            p.add_argument("--index_factory", default="Flat", help="FAISS factory string: Flat (exact, streamed "
+                           "over the embedding files: no index file), 'IVF4096,PQ64', HNSW32, ... (default Flat)")
             p.add_argument("--embedding_dtype", choices=("float32", "float16"), default="float32")
         else:
             p.add_argument("index_dir", help="a directory written by `lit-dr index`")
@@ -45,6 +45,10 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--split", help="with a data set directory: search the queries judged in this split "
                                            "and print nDCG@10, MRR@10, R@100, R@1000")
             p.add_argument("--k", type=int, default=1000, help="documents per query (default 1000)")
+        p.add_argument("--search_params", type=search_params, help="FAISS search parameters of a non-exact index, "
+                       "e.g. '{nprobe: 64}' (IVF) or '{efSearch: 128}' (HNSW); "
+                       + ("recorded in index.json as the default of `lit-dr search`" if name == "index"
+                          else "default: those recorded by `lit-dr index`"))
         p.add_argument("--batch_size", type=int, default=128)
         p.add_argument("--max_length", type=int, help="tokens kept per text (default: the training length)")
         p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
@@ -60,6 +64,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline", metavar="PIPELINE_YAML", help="its paths are relative to the current directory")
     p.add_argument("--dry_run", action="store_true", help="print each stage's command and run nothing")
     return top
+
+
+def search_params(text: str) -> dict[str, float]:
+    """`--search_params '{nprobe: 64}'` (YAML or JSON) -> {"nprobe": 64}; names and numbers only."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, int | float) and
+                                              not isinstance(v, bool) for k, v in value.items()):
+        raise argparse.ArgumentTypeError(f"expected a mapping of names to numbers such as '{{nprobe: 64}}', got {text!r}")
+    return value
 
 
 def processes(args):
@@ -104,14 +119,14 @@ def run_command(argv: list[str]) -> None:
         from lit_dr.inference import index_corpus
 
         emb = index_corpus(args.model, args.corpus, args.out_dir, args.index_factory, args.batch_size,
-                           args.max_length, args.embedding_dtype, procs, autocast)
+                           args.max_length, args.embedding_dtype, procs, autocast, search_params=args.search_params)
         if procs.rank == 0:
             print(f"indexed {len(emb)} texts ({emb.dim} dimensions, {args.index_factory}) in {args.out_dir}")
         return
     from lit_dr.inference import search_index
 
     metrics = search_index(args.index_dir, args.queries, args.out_file, args.model, args.k, args.split,
-                           args.batch_size, args.max_length, procs, autocast)
+                           args.batch_size, args.max_length, procs, autocast, search_params=args.search_params)
     if procs.rank == 0:
         print(f"wrote {args.out_file}")
         for name, value in (metrics or {}).items():

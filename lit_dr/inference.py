@@ -1,5 +1,5 @@
-"""Using a trained model outside a fit: encode a corpus into embedding files and a FAISS index, then search it
-for a query file and write a TREC run (`lit-dr index`, `lit-dr search`).
+"""Using a trained model outside a fit: encode a corpus into embedding files (and, for a non-exact factory, a
+FAISS index), then search it for a query file and write a TREC run (`lit-dr index`, `lit-dr search`).
 
 The same mechanism as evaluation and negative refresh: `encoding.encode_to_shards` writes each process's share of
 the corpus to its own shard, `search.search_embeddings` streams exact search over the shards, `faiss_index` builds
@@ -25,7 +25,15 @@ from lit_dr.data.formats import dataset_files, read_qrels
 from lit_dr.data.token_store import cached_store
 from lit_dr.embeddings import EmbeddingDtype, EmbeddingShards
 from lit_dr.encoding import AutocastFactory, encode_store, encode_to_shards
-from lit_dr.search import Processes, even_share, gather_rows, is_exact, search_embeddings
+from lit_dr.search import (
+    Processes,
+    even_share,
+    gather_rows,
+    is_exact,
+    search_backend,
+    search_embeddings,
+    warn_short_results,
+)
 
 log = logging.getLogger(__name__)
 MANIFEST = "index.json"
@@ -105,12 +113,16 @@ def corpus_file(path: str | Path) -> Path:
 def index_corpus(model: str | Path, corpus: str | Path, out_dir: str | Path, index_factory: str = "Flat",
                  batch_size: int = 128, max_length: int | None = None, dtype: EmbeddingDtype = "float32",
                  procs: Processes | None = None, autocast: AutocastFactory | None = None,
-                 show_progress: bool = True, cache_dir: Path | None = None) -> EmbeddingShards:
+                 show_progress: bool = True, cache_dir: Path | None = None,
+                 search_params: dict[str, float] | None = None) -> EmbeddingShards:
     """Encode every text of `corpus` with the model's document tower into embedding shards under `out_dir` (each
-    process its share), then (process 0) a FAISS index of `index_factory`, the ids and a manifest `index.json`.
-    The tokens come from (or go to) the token cache under `cache_dir` (default `$LIT_DR_CACHE`)."""
-    from lit_dr.faiss_index import build_index, import_faiss
+    process its share), then (process 0) the ids, a manifest `index.json` (with `search_params`, the default of
+    `lit-dr search`) and, for a non-exact `index_factory` only, a FAISS index `index.faiss` built from the shards
+    in blocks. Exact search ("Flat") streams over the shards and needs no index: the matrix is never held in
+    memory. The tokens come from (or go to) the token cache under `cache_dir` (default `$LIT_DR_CACHE`)."""
+    from lit_dr.faiss_index import build_index, check_search_params, import_faiss
 
+    check_search_params(index_factory, search_params)  # before the encoding, not after it
     procs = procs or Processes()
     out_dir, source = Path(out_dir), corpus_file(corpus)
     _, tower = load_towers(model, procs.device)
@@ -121,11 +133,14 @@ def index_corpus(model: str | Path, corpus: str | Path, out_dir: str | Path, ind
         dtype=dtype, batch_size=batch_size, device=procs.device, autocast=autocast,
         show_progress=show_progress and procs.rank == 0, desc="encode corpus")
     if procs.rank == 0:
-        faiss = import_faiss()
-        faiss.write_index(build_index(embeddings, index_factory), str(out_dir / "index.faiss"))
+        if is_exact(index_factory):
+            (out_dir / "index.faiss").unlink(missing_ok=True)  # a leftover of an earlier non-exact index
+        else:
+            import_faiss().write_index(build_index(embeddings, index_factory), str(out_dir / "index.faiss"))
         np.save(out_dir / "ids.npy", store.ids)
         manifest = {"model": str(Path(model).resolve()), "corpus": str(source.resolve()), "rows": len(store),
-                    "dim": tower.dim, "index_factory": index_factory, "max_length": store.max_length}
+                    "dim": tower.dim, "index_factory": index_factory, "search_params": search_params,
+                    "max_length": store.max_length}
         (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
     if procs.barrier is not None and procs.world_size > 1:
         procs.barrier()
@@ -153,13 +168,16 @@ def query_texts(queries: str | Path, split: str | None) -> tuple[Path, dict[str,
 def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Path, model: str | Path | None = None,
                  k: int = 1000, split: str | None = None, batch_size: int = 128, max_length: int | None = None,
                  procs: Processes | None = None, autocast: AutocastFactory | None = None,
-                 show_progress: bool = True, cache_dir: Path | None = None) -> dict[str, float] | None:
+                 show_progress: bool = True, cache_dir: Path | None = None,
+                 search_params: dict[str, float] | None = None) -> dict[str, float] | None:
     """Encode the queries with the query tower of the model that built `index_dir` (or `model`), search the index
-    (exact: streamed over the embedding shards, as evaluation; else the FAISS index file), write a TREC run.
+    (exact: streamed over the embedding shards, as evaluation; else the FAISS index file, on the GPU when the
+    device is one and FAISS's GPU build implements the index: `search.search_backend`), write a TREC run.
+    `search_params` (FAISS's, e.g. {"nprobe": 64}) default to those `lit-dr index` recorded in `index.json`.
 
     Returns the metrics of `lit_dr.metrics.retrieval_metrics` when `split` names judgments, else None.
     """
-    from lit_dr.faiss_index import import_faiss, search
+    from lit_dr.faiss_index import check_search_params, import_faiss, search, set_search_params, to_gpu
     from lit_dr.metrics import retrieval_metrics, write_trec_run
 
     procs = procs or Processes()
@@ -167,6 +185,9 @@ def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Pat
     if not (index_dir / MANIFEST).is_file():
         raise FileNotFoundError(f"{index_dir / MANIFEST} missing: {index_dir} was not written by `lit-dr index`")
     manifest = json.loads((index_dir / MANIFEST).read_text())
+    factory = manifest["index_factory"]
+    params = search_params if search_params is not None else manifest.get("search_params")
+    check_search_params(factory, params, manifest["dim"])
     tower, _ = load_towers(model or manifest["model"], procs.device)
     source, qrels = query_texts(queries, split)
     store = cached_store("queries", [source], tower.tokenizer, max_length or tower.max_length, cache_dir,
@@ -181,12 +202,18 @@ def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Pat
                           show_progress=show_progress and procs.rank == 0, desc="encode queries")
              if len(mine) else torch.empty(0, tower.dim))  # (Q_r, H)
     k = min(k, manifest["rows"])
-    if is_exact(manifest["index_factory"]):
+    if is_exact(factory):
         scores, ranked = search_embeddings(EmbeddingShards(index_dir / "embeddings"), local.numpy(), k, "Flat", procs)
     else:  # every process reads the same file; results gathered in rank order as `search_embeddings` does
         index = import_faiss().read_index(str(index_dir / "index.faiss"))
+        if search_backend(factory, procs.device) == "faiss-gpu":
+            index = to_gpu(index, procs.device.index or 0)
+        if params:
+            set_search_params(index, params, factory)
         d, i = search(index, local.numpy(), k)
         scores, ranked = gather_rows(d, procs), gather_rows(i, procs)
+        if procs.rank == 0:
+            warn_short_results(ranked, k, f"{factory} search")
     if procs.rank != 0:
         return None
     doc_ids = np.load(index_dir / "ids.npy")

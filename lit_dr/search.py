@@ -7,7 +7,12 @@ way whatever the number of processes). The corpus is never held whole in memory:
 - exact search ("Flat") streams over the memory-mapped shards in blocks, keeping a running top-k: FAISS on the
   CPU, torch (blocked matmul + top-k) on a GPU, so no GPU build of FAISS is needed for it;
 - other factory strings ("IVF4096,PQ64", "HNSW32") build one index, once: process 0 builds it from the blocks and
-  writes it beside the embeddings, every process reads it (onto its own GPU when FAISS has a GPU build).
+  writes it beside the embeddings, every process reads it (onto its own GPU when FAISS has a GPU build and
+  implements that index: `faiss_index.gpu_supported`) and searches it with the caller's search parameters
+  ({"nprobe": 64}, {"efSearch": 128}; FAISS's defaults, nprobe 1, otherwise).
+
+Every search ranks in float32 with autocast off, whatever the trainer's precision. A search that returns fewer
+than k results for some queries (an IVF at a low nprobe, HNSW) says so in one counted warning per call.
 
 `search_backend` is the one place that decides what runs where, for evaluation, refresh and LTRe alike.
 """
@@ -25,7 +30,15 @@ import torch
 from torch import Tensor
 
 from lit_dr.embeddings import EmbeddingShards
-from lit_dr.faiss_index import build_index, exact_search, import_faiss, search, to_gpu
+from lit_dr.faiss_index import (
+    build_index,
+    exact_search,
+    gpu_supported,
+    import_faiss,
+    search,
+    set_search_params,
+    to_gpu,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +68,34 @@ def is_exact(factory: str) -> bool:
 
 def search_backend(factory: str, device: torch.device) -> Backend:
     """Where search runs: on the CPU with FAISS, unless the model runs on a GPU. There exact search uses torch
-    (no FAISS GPU build needed) and other indexes use FAISS's GPU build, or, without one, the CPU (logged once)."""
+    (no FAISS GPU build needed) and other indexes use FAISS's GPU build when it implements them
+    (`faiss_index.gpu_supported`: not HNSW), else the CPU (logged once per factory)."""
     if torch.device(device).type != "cuda":
         return "faiss"
     if is_exact(factory):
         return "torch"
-    if hasattr(import_faiss(), "StandardGpuResources"):
+    if not gpu_supported(factory):
+        reason = "FAISS's GPU build does not implement it"
+    elif hasattr(import_faiss(), "StandardGpuResources"):
         return "faiss-gpu"
+    else:
+        reason = "no GPU build of FAISS installed (pip install 'lit-dr[gpu]')"
     if factory not in _warned:
         _warned.add(factory)
-        log.warning("no GPU build of FAISS installed: index %r is searched on the CPU (pip install 'lit-dr[gpu]')",
-                    factory)
+        log.warning("index %r is searched on the CPU: %s", factory, reason)
     return "faiss"
+
+
+def warn_short_results(ids: np.ndarray, k: int, what: str = "search") -> int:
+    """Count the queries of (Q, k) result rows `ids` with empty slots (-1) and say so in one warning: an
+    approximate index probed too little returns fewer than k documents, and what is missing is never mined or
+    evaluated. Returns that count. k must already be at most the corpus size (exact search then never warns)."""
+    filled = (ids >= 0).sum(axis=1)  # (Q,)
+    short = int((filled < k).sum())
+    if short:
+        log.warning("%s: %d of %d queries got fewer than k=%d results (mean %.1f); raise nprobe/efSearch",
+                    what, short, len(ids), k, float(filled.mean()))
+    return short
 
 
 def even_share(n: int, rank: int, world_size: int) -> slice:
@@ -121,12 +150,17 @@ def exact_search_stream(
 
 @torch.no_grad()
 def _torch_stream(embeddings, queries, k, device, block_rows) -> tuple[np.ndarray, np.ndarray]:
+    with torch.autocast(device.type, enabled=False):  # float32 ranking under a bf16 trainer too
+        return _torch_stream_f32(embeddings, queries, k, device, block_rows)
+
+
+def _torch_stream_f32(embeddings, queries, k, device, block_rows) -> tuple[np.ndarray, np.ndarray]:
     q = torch.from_numpy(queries).to(device)  # (Q, H)
     best = torch.full((len(q), k), float("-inf"), device=device)  # (Q, k)
     rows = torch.full((len(q), k), -1, dtype=torch.long, device=device)  # (Q, k)
     q_chunk = max(1, (1 << 26) // block_rows)  # bounds each (q_chunk, block) score matrix at 256 MiB
     for first, block in embeddings.blocks(block_rows):
-        b = torch.tensor(block, device=device)  # (n, H); a copy: the block may be a read-only file view
+        b = torch.tensor(block, device=device, dtype=torch.float32)  # (n, H); a copy: the block may be a read-only file view
         scores, ids = exact_search(b, q, k, batch_size=q_chunk)  # (Q, k); -inf / -1 beyond the block's size
         scores, ids = torch.cat([best, scores], dim=1), torch.cat([rows, torch.where(ids >= 0, ids + first, -1)], 1)
         keep = scores.topk(k, dim=1)  # (Q, k) of the 2k candidates
@@ -174,17 +208,25 @@ def search_embeddings(
     params: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows of `embeddings` for this process's (Q_r, H) queries; returns every process's results,
-    (sum Q_r, k) scores and rows in rank order, on every process. Collective: all processes must call it."""
+    (sum Q_r, k) scores and rows in rank order, on every process. Collective: all processes must call it.
+
+    params: FAISS search parameters of a non-exact `factory` ({"nprobe": 64}), on the CPU or GPU index alike.
+    Process 0 warns when some queries got fewer than k results (`warn_short_results`)."""
     procs = procs or Processes()
     k = min(k, len(embeddings))
     backend = search_backend(factory, procs.device)
     if is_exact(factory):
+        if params:
+            raise ValueError(f"exact search ({factory!r}) has no search parameters, got {params}")
         d, i = exact_search_stream(embeddings, local_queries, k, "torch" if backend == "torch" else "faiss",
                                    procs.device)
     else:
         index = shared_index(embeddings, factory, procs, gpu=backend == "faiss-gpu")
         d, i = search(index, local_queries, k, params=params)
-    return gather_rows(d, procs), gather_rows(i, procs)
+    d, i = gather_rows(d, procs), gather_rows(i, procs)
+    if procs.rank == 0:
+        warn_short_results(i, k, f"{factory} search")
+    return d, i
 
 
 class FixedIndex:
@@ -196,9 +238,13 @@ class FixedIndex:
     """
 
     def __init__(self, embeddings: EmbeddingShards, factory: str = "Flat", procs: Processes | None = None,
-                 resident: bool | None = None) -> None:
-        """resident: hold the matrix on the process's device for exact search (None: when that is a GPU)."""
-        self.embeddings, self.factory = embeddings, factory
+                 resident: bool | None = None, params: dict[str, float] | None = None) -> None:
+        """resident: hold the matrix on the process's device for exact search (None: when that is a GPU).
+        params: FAISS search parameters of a non-exact factory, set once on the index (CPU or GPU)."""
+        if is_exact(factory) and params:
+            raise ValueError(f"exact search ({factory!r}) has no search parameters, got {params}")
+        self.embeddings, self.factory, self.params = embeddings, factory, params
+        self._warned_short = False
         self.procs = procs or Processes()
         self.backend = search_backend(factory, self.procs.device)
         self.resident: Tensor | None = None  # (N, H) on the device, exact search there with torch
@@ -209,18 +255,25 @@ class FixedIndex:
                 self.resident[first : first + len(block)] = torch.from_numpy(np.array(block))
         elif not is_exact(factory):
             self.index = shared_index(embeddings, factory, self.procs, gpu=self.backend == "faiss-gpu")
+            if params:
+                set_search_params(self.index, params, factory)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, k) scores and rows for this process's (Q, H) queries; local, no collective."""
+        """(Q, k) scores and rows for this process's (Q, H) queries, ranked in float32 with autocast off (LTRe
+        searches from inside its bf16 training step); local, no collective. The first call whose results are
+        short of k for some queries warns (`warn_short_results`), later ones do not: LTRe searches every step."""
         k = min(k, len(self.embeddings))
         if self.resident is not None:
-            q = torch.from_numpy(queries).to(self.resident.device).float()  # (Q, H)
+            q = torch.from_numpy(np.asarray(queries, dtype=np.float32)).to(self.resident.device)  # (Q, H)
             block = max(1, (1 << 28) // len(self.resident))  # queries per (block, N) score matrix: 1 GiB at most
-            d, i = exact_search(self.resident, q, k, batch_size=block)
+            d, i = exact_search(self.resident, q, k, batch_size=block)  # float32, autocast off
             return d.cpu().numpy(), i.cpu().numpy()
         if self.index is None:
             return exact_search_stream(self.embeddings, queries, k)
-        return search(self.index, queries, k)
+        d, i = search(self.index, queries, k)
+        if not self._warned_short and self.procs.rank == 0:
+            self._warned_short = warn_short_results(i, k, f"{self.factory} fixed index (warned once)") > 0
+        return d, i
 
     def vectors(self, rows: np.ndarray, device: torch.device) -> Tensor:
         """(len(rows), H) float32 stored embeddings of corpus rows, on `device`."""

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from lit_dr.data.sampling import NegativesTable
+from lit_dr.faiss_index import check_search_params, fit_nlist
 from lit_dr.mining import load_table, overlap, sample_negatives, save_table, table_digest
 from lit_dr.run_dir import shared_run_directory
 from lit_dr.search import even_share
@@ -43,7 +44,11 @@ class NegativeRefresh(L.Callback):
         before_first_step: mine once before training starts (ANCE starts from its warm start's negatives).
         depth / num_negatives / skip: ANCE: top 200, 20 drawn uniformly, from rank 0.
         index_factory: the FAISS index to mine with ("Flat" is exact, as ANCE's code). Where it runs follows the
-            model's device, as for evaluation (`lit_dr.search.search_backend`).
+            model's device, as for evaluation (`lit_dr.search.search_backend`). DANCE's query index (over the
+            training queries) is of the same factory, its IVF lists capped for a small query set
+            (`faiss_index.fit_nlist`).
+        search_params: FAISS search parameters of a non-exact `index_factory` ({nprobe: 64}, {efSearch: 128}),
+            for the corpus and the query index alike; recorded in `refreshes.jsonl`.
         table_dir: where tables go; default `negatives/` in the run's directory.
         timeout_s: how long a process waits for the others at the start of a refresh before failing.
     """
@@ -56,6 +61,7 @@ class NegativeRefresh(L.Callback):
         num_negatives: int = 20,
         skip: int = 0,
         index_factory: str = "Flat",
+        search_params: dict[str, int | float] | None = None,
         mine_queries: bool = False,
         query_depth: int = 200,
         num_negative_queries: int = 20,
@@ -66,7 +72,8 @@ class NegativeRefresh(L.Callback):
         self.every_n_steps = every_n_steps
         self.before_first_step = before_first_step
         self.depth, self.num_negatives, self.skip = depth, num_negatives, skip
-        self.index_factory = index_factory
+        check_search_params(index_factory, search_params)
+        self.index_factory, self.search_params = index_factory, search_params
         self.mine_queries, self.query_depth, self.num_negative_queries = mine_queries, query_depth, num_negative_queries
         self.table_dir = table_dir
         self.seed, self.timeout_s = seed, timeout_s
@@ -171,7 +178,7 @@ class NegativeRefresh(L.Callback):
         with phase("search"):
             mine = queries.shard(trainer.global_rank)  # (Q_r, H): this process's queries
             _, ranked = pl_module.search(docs, mine, min(self.depth, len(dm.corpus)), self.index_factory,
-                                         share=False)  # (Q, depth), every process's queries
+                                         share=False, params=self.search_params)  # (Q, depth), every process's
         with phase("sample"):
             mined = sample_negatives(ranked, train, dm.excluded_docs(train), self.num_negatives, self.skip,
                                      self.seed, generation, relevant=[dm.positives[q] for q in train])
@@ -180,8 +187,10 @@ class NegativeRefresh(L.Callback):
             with phase("mine_queries"):
                 positives = np.array(sorted({int(p) for q in train for p in dm.positives[q]}), dtype=np.int64)
                 share = positives[even_share(len(positives), trainer.global_rank, trainer.world_size)]
-                _, near = pl_module.search(queries, docs.take(share), min(self.query_depth, len(train)), "Flat",
-                                           share=False)  # (P, query_depth) positions in `train`
+                query_factory = fit_nlist(self.index_factory, len(train))  # the refresh's index, over the queries
+                _, near = pl_module.search(queries, docs.take(share), min(self.query_depth, len(train)),
+                                           query_factory, share=False,
+                                           params=self.search_params)  # (P, query_depth) positions in `train`
                 near = np.where(near >= 0, train[np.maximum(near, 0)], -1)  # positions -> query rows
                 query_candidates = sample_negatives(
                     near, positives, [dm.excluded_queries(d) for d in positives], self.num_negative_queries, 0,
@@ -230,4 +239,5 @@ class NegativeRefresh(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({f"refresh/{k}": v for k, v in record.items()}, step=step)
         with open(Path(self.table_dir) / "refreshes.jsonl", "a") as f:
-            f.write(json.dumps({**record, "digest": self.table_digest}) + "\n")
+            f.write(json.dumps({**record, "digest": self.table_digest, "index_factory": self.index_factory,
+                                "search_params": self.search_params}) + "\n")

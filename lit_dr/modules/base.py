@@ -20,6 +20,7 @@ from lit_dr.data.batches import EncodeBatch, TokenBatch, TrainBatch
 from lit_dr.embeddings import EmbeddingDtype, EmbeddingShards
 from lit_dr.encoder import Encoder
 from lit_dr.encoding import AutocastFactory, autocast_factory, encode_to_shards
+from lit_dr.faiss_index import check_search_params
 from lit_dr.large_batch import gather_keep_local, gather_train_batch, grad_cached_loss
 from lit_dr.run_dir import run_directory, shared_run_directory
 from lit_dr.search import Processes, even_share, search_embeddings
@@ -62,6 +63,9 @@ class BiEncoderModule(L.LightningModule):
             steps every optimizer step.
         index_factory: FAISS factory string for evaluation ("Flat" is exact search). Where search runs follows
             the model's device (`lit_dr.search.search_backend`): GPU training searches on the GPU.
+        search_params: FAISS search parameters of a non-exact `index_factory`, e.g. {nprobe: 64} for IVF or
+            {efSearch: 128} for HNSW (FAISS's default nprobe is 1: one list of an IVF4096). Applied on the CPU
+            and GPU index alike, recorded in `evaluations.jsonl`; a name the index does not have is an error here.
         eval_depth: documents retrieved per query (the run file holds this many).
         run_dir: where TREC run files go; default `runs/` in the run's directory (beside its checkpoints).
         init_checkpoint: a Lightning checkpoint whose towers' weights initialise this module (warm start).
@@ -80,6 +84,7 @@ class BiEncoderModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         index_factory: str = "Flat",
+        search_params: dict[str, int | float] | None = None,
         eval_depth: int = 1000,
         run_dir: str | None = None,
         init_checkpoint: str | None = None,
@@ -91,6 +96,7 @@ class BiEncoderModule(L.LightningModule):
         super().__init__()
         if grad_cache_chunk_size is not None and grad_cache_chunk_size < 1:
             raise ValueError(f"grad_cache_chunk_size must be at least 1 (or None), got {grad_cache_chunk_size}")
+        check_search_params(index_factory, search_params)
         self.save_hyperparameters(ignore=["encoder", "doc_encoder"])
         if "_instantiator" not in self.hparams:
             # Built from Python rather than the CLI: keep only what a config can say, so that
@@ -339,14 +345,15 @@ class BiEncoderModule(L.LightningModule):
         return {}
 
     def search(self, embeddings: EmbeddingShards, queries: np.ndarray, k: int, factory: str,
-               share: bool = True) -> tuple[np.ndarray, np.ndarray]:
+               share: bool = True, params: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(Q, k) scores and rows of `embeddings` for (Q, H) queries held by every process (`share`: each
         process searches its contiguous share and the results are gathered), or for this process's own
-        queries (`share=False`: the results of all processes come back, in rank order)."""
+        queries (`share=False`: the results of all processes come back, in rank order). `params`: the FAISS
+        search parameters of `factory` (evaluation passes `search_params`, a refresh its own)."""
         procs = self.processes()
         if share:
             queries = queries[even_share(len(queries), procs.rank, procs.world_size)]
-        return search_embeddings(embeddings, queries, k, factory, procs)
+        return search_embeddings(embeddings, queries, k, factory, procs, params=params)
 
     def runs_directory(self) -> Path:
         """Where TREC run files and `evaluations.jsonl` go: `run_dir`, else `runs/` in the run's directory."""
@@ -360,7 +367,8 @@ class BiEncoderModule(L.LightningModule):
         query_rows, queries = self._gathered_queries()
         docs = self.corpus_embeddings()
         k = min(self.hparams.eval_depth, len(dm.corpus))
-        scores, ranked = self.search(docs, queries.numpy(), k, self.hparams.index_factory)
+        scores, ranked = self.search(docs, queries.numpy(), k, self.hparams.index_factory,
+                                     params=self.hparams.get("search_params"))
         if self.global_rank == 0:
             path = self.runs_directory() / f"{split}-step{self.weights_step:07d}.trec"
             write_trec_run(path, [str(dm.queries.ids[q]) for q in query_rows], dm.corpus.ids, scores, ranked)
@@ -380,5 +388,6 @@ class BiEncoderModule(L.LightningModule):
             path = self.runs_directory() / "evaluations.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a") as f:
-                f.write(json.dumps(self.last_evaluation) + "\n")
+                f.write(json.dumps({**self.last_evaluation, "index_factory": self.hparams.index_factory,
+                                    "search_params": self.hparams.get("search_params")}) + "\n")
         return metrics

@@ -150,7 +150,8 @@ class LTRe(BiEncoderModule):
 
     def fixed_index(self) -> FixedIndex:
         if self._index is None:
-            self._index = FixedIndex(self.corpus_embeddings(), self.hparams.index_factory, self.processes())
+            self._index = FixedIndex(self.corpus_embeddings(), self.hparams.index_factory, self.processes(),
+                                     params=self.hparams.get("search_params"))
         return self._index
 
     def on_train_start(self) -> None:
@@ -166,10 +167,11 @@ class LTRe(BiEncoderModule):
         self._embeddings, self._index = None, None
 
     def search(self, embeddings: EmbeddingShards, queries: np.ndarray, k: int, factory: str,
-               share: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Evaluation searches the fixed index built once (`fixed_index`), not a new one per call."""
+               share: bool = True, params: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Evaluation searches the fixed index built once (`fixed_index`, with `search_params`), not a new one
+        per call."""
         if embeddings is not self._embeddings:
-            return super().search(embeddings, queries, k, factory, share)
+            return super().search(embeddings, queries, k, factory, share, params)
         procs = self.processes()
         if share:
             queries = queries[even_share(len(queries), procs.rank, procs.world_size)]
@@ -183,6 +185,7 @@ class LTRe(BiEncoderModule):
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
         index = self.fixed_index()
         q = self.encode_queries(batch.queries)  # (B, H)
+        # Ranked in float32 with autocast off (FixedIndex.search): a bf16 ranking ties distinct scores.
         _, ranked = index.search(q.detach().float().cpu().numpy(), self.depth)  # (B, depth)
         relevance = self.trainer.datamodule.relevance_for(batch.query_rows.cpu().numpy())
         lists = ranked_lists(ranked, relevance, self.depth, self.append_positives)
