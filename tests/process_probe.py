@@ -5,6 +5,8 @@ launches nothing). Cases:
   (whose test split holds 5 or 1 queries); the run files go to `OUT/NAME-w{world}/`.
 - `nonfinite`: a fit whose loss is NaN on the last rank only, at the first step; each rank writes the error it
   raised (type and message) to `OUT/nonfinite-w{world}-r{rank}.txt`.
+- `checkpointing`: two steps with the encoder's gradient checkpointing and gradient caching under DDP; writes
+  `OUT/checkpointing-w{world}-r{rank}.txt` ("ok" and the step count).
 
     python tests/process_probe.py MODEL_DIR DATA_ROOT CACHE_DIR OUT_DIR case [case ...]
 """
@@ -56,6 +58,12 @@ def main(model_dir: str, data_root: str, cache_dir: str, out: str, *cases: str) 
                 outcome = f"{type(e).__name__}: {e}"
             with open(f"{out}/nonfinite-w{world}-r{rank}.txt", "w") as f:
                 f.write(outcome)
+        elif kind == "checkpointing":
+            model = BM25Negatives(encoder=Encoder(model_dir, normalize=True, gradient_checkpointing=True),
+                                  temperature=0.1, grad_cache_chunk_size=2, cross_device_negatives=world > 1)
+            trainer(world, max_steps=2, limit_val_batches=0).fit(model, dm)
+            with open(f"{out}/checkpointing-w{world}-r{rank}.txt", "w") as f:
+                f.write(f"ok {model.global_step}")
         else:
             raise ValueError(case)
 

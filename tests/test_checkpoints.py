@@ -87,7 +87,18 @@ def test_ltre_stage_validates_tests_resumes_and_exports_after_its_warm_start_is_
     docs.setup()
     with torch.no_grad():
         want = warm_docs.encode_docs(docs.corpus.batch(np.arange(6))).numpy()  # (6, H) as the index holds them
+    # A checkpoint written before LTRe kept its document tower takes it from the warm start while that exists.
+    legacy = torch.load(stage2, weights_only=True)
+    legacy["state_dict"] = {k: v for k, v in legacy["state_dict"].items() if not k.startswith("doc_encoder.")}
+    torch.save(legacy, tmp_path / "legacy.ckpt")
+    assert_same(towers(LTRe.load_from_checkpoint(tmp_path / "legacy.ckpt")), towers(model))
+    # A later stage warm-started from LTRe takes its trained query tower, not the frozen document copy.
+    ance = BM25Negatives(encoder=Encoder(tiny_model_dir, normalize=True))
+    ance.load_tower_weights(str(stage2))
+    assert_same(towers(ance), {k: v for k, v in towers(model).items() if k.startswith("encoder.")})
     Path(warm_start).unlink()  # the README: delete a stage to run it again
+    with pytest.raises(FileNotFoundError, match="predates the frozen document tower"):
+        LTRe.load_from_checkpoint(tmp_path / "legacy.ckpt")
 
     loaded = LTRe.load_from_checkpoint(stage2)
     assert_same(towers(loaded), towers(model))

@@ -1,5 +1,6 @@
 """Several processes over gloo: `test` and `predict` write the same run file on 1, 2 and 3 processes for an odd
-number of queries and for fewer queries than processes; a non-finite loss on one process stops every process with
+number of queries and for fewer queries than processes; gradient checkpointing trains under DDP with gradient
+caching; a non-finite loss on one process stops every process with
 the same error, without waiting for a collective's timeout. (`process_probe.py` is what each process runs.)"""
 
 import os
@@ -60,7 +61,9 @@ def run_files(out: Path, name: str, world: int) -> dict[str, str]:
 def test_test_and_predict_give_one_run_file_on_1_2_and_3_processes(tiny_model_dir, data, tmp_path):
     cases = ("eval:five", "eval:one")
     for world in (1, 2, 3):  # 1 first: it builds the token cache the others read
-        run_probe(world, tiny_model_dir, data, tmp_path, *cases)
+        run_probe(world, tiny_model_dir, data, tmp_path, *cases, *(("checkpointing",) if world == 2 else ()))
+    # Gradient checkpointing with gradient caching under DDP (non-reentrant: the replay's autograd.grad works).
+    assert [(tmp_path / f"checkpointing-w2-r{r}.txt").read_text() for r in (0, 1)] == ["ok 2", "ok 2"]
     for name, queries in (("five", 5), ("one", 1)):
         one = run_files(tmp_path, name, 1)
         assert len({line.split()[0] for line in one["test"].splitlines()}) == queries

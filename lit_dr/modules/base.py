@@ -125,8 +125,12 @@ class BiEncoderModule(L.LightningModule):
     def tower_state(self, path: str) -> dict[str, Tensor]:
         """The towers' weights in a Lightning checkpoint, by this module's state-dict names (tensors only:
         `weights_only=True`, so a checkpoint from a stranger cannot run code)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-        return {k: v for k, v in state.items() if k.startswith(("encoder.", "doc_encoder."))}
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # A shared-tower LTRe checkpoint also holds its frozen document copy: not a tower of a shared module.
+        shared = "doc_encoder" in checkpoint.get("hyper_parameters", {}) and \
+            checkpoint["hyper_parameters"]["doc_encoder"] is None
+        towers = ("encoder.",) if shared and self.doc_encoder is None else ("encoder.", "doc_encoder.")
+        return {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(towers)}
 
     def load_tower_weights(self, path: str) -> None:
         towers = self.tower_state(path)
