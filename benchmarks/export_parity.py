@@ -34,7 +34,7 @@ def untrained_checkpoint(path: Path) -> Path:
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(path)
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     ckpt["datamodule_hyper_parameters"] = {"dataset": str(SCIFACT), "query_max_length": 64, "doc_max_length": 128}
     torch.save(ckpt, path)
     return path

@@ -224,7 +224,7 @@ def check(objective: str, args, work: Path, env: dict[str, str], common: list[st
         last = fit_dir / "checkpoints" / "last.ckpt"
         if last.exists():
             outcome.last_ckpt = last
-            outcome.steps = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"])
+            outcome.steps = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
         if outcome.steps != args.max_steps:
             problem("fit", f"expected {last} at step {args.max_steps}, found step {outcome.steps}")
         if outcome.refreshes == 0:

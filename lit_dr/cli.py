@@ -85,6 +85,10 @@ class LitDrCLI(LightningCLI):
         for key, value in getattr(self, "_run_options", {}).items():
             if init_args is not None and key in init_args:
                 init_args[key] = value
+        if "weights_only" in config and config.weights_only is None:
+            # `--ckpt_path` loads tensors and plain containers only: a checkpoint never runs code (lit_dr's own
+            # checkpoints hold nothing else). `--weights_only=false` for a trusted checkpoint that needs more.
+            config.weights_only = True
 
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:

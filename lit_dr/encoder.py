@@ -50,7 +50,8 @@ class Encoder(nn.Module):
         pooling: "cls" (DPR, ANCE) or "mean" (sentence-transformers models such as MiniLM).
         projection_dim: add Linear(hidden, projection_dim) -> LayerNorm after pooling, as ANCE does; None for none.
         normalize: L2-normalise the output (cosine similarity under a dot product).
-        gradient_checkpointing: trade compute for memory on long inputs.
+        gradient_checkpointing: trade compute for memory on long inputs (non-reentrant: works with gradient
+            caching and DDP).
         dtype: the weights' dtype once loaded. float32 by default whatever the checkpoint holds: transformers 5
             otherwise keeps a checkpoint's bf16/fp16, which would train in half precision even on CPU (hundreds of
             times slower there); mixed precision is the trainer's `precision`. "auto": the checkpoint's own.
@@ -89,7 +90,13 @@ class Encoder(nn.Module):
             # Our pooling reads the token states: an unused pooler costs compute and breaks DDP's gradient check.
             self.model.pooler = None
         if gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+            # Non-reentrant, whatever the transformers version's default (reentrant before 5): gradient caching
+            # back-propagates with `torch.autograd.grad`, which reentrant checkpointing rejects.
+            enable = getattr(self.model, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         hidden = self.model.config.hidden_size
         self.projection = (
             nn.Sequential(nn.Linear(hidden, projection_dim), nn.LayerNorm(projection_dim)).to(self.model.dtype)

@@ -8,7 +8,6 @@ with a separate document tower becomes a sentence-transformers `Router` with a "
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import tempfile
@@ -108,26 +107,18 @@ def sentence_transformer(module, query_length: int | None, doc_length: int | Non
 def load_module(checkpoint_path: str | Path):
     """The trained module, float32 on the CPU, in eval mode, with the document tower its evaluation used.
 
-    LTRe trains the query tower only; with a shared tower its documents are embedded by the warm start
-    (`init_checkpoint`), so that tower becomes the document tower here. Other modules load without their warm
-    start (`init_checkpoint=None`): the checkpoint holds every weight."""
+    The checkpoint holds every weight (`weights_only=True`; its warm start is never read). LTRe trains the query
+    tower only; with a shared tower its documents are embedded by the warm start's tower, which LTRe keeps,
+    frozen, as its document tower."""
     from lit_dr.modules.base import BiEncoderModule
     from lit_dr.modules.ltre import LTRe
 
     hparams = read_checkpoint_facts(checkpoint_path)["hyper_parameters"]
-    module = BiEncoderModule.load_from_checkpoint(checkpoint_path, map_location="cpu", init_checkpoint=None)
-    module = module.float().eval()
-    if isinstance(module, LTRe) and module.doc_encoder is None:
-        source = hparams.get("init_checkpoint")
-        if hparams.get("doc_embeddings") or not source or not Path(source).is_file():
-            raise FileNotFoundError(f"this LTRe model searches documents embedded by its warm start, whose "
-                                    f"checkpoint {source!r} is needed (and no other `doc_embeddings`)")
-        tower = copy.deepcopy(module.encoder)
-        state = torch.load(source, map_location="cpu", weights_only=False)["state_dict"]
-        tower.load_state_dict({k[len("encoder."):]: v for k, v in state.items()
-                               if k.startswith("encoder.") and ".pooler." not in k})
-        module.doc_encoder = tower
-    return module
+    module = BiEncoderModule.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=True)
+    if isinstance(module, LTRe) and hparams.get("doc_encoder") is None and hparams.get("doc_embeddings"):
+        raise ValueError(f"this LTRe model searches the document embeddings {hparams['doc_embeddings']!r}, not "
+                         "ones embedded by a tower in its checkpoint: there is no document tower to export")
+    return module.float().eval()
 
 
 def read_checkpoint_facts(checkpoint_path: str | Path) -> dict[str, Any]:

@@ -93,7 +93,8 @@ def test_shared_warm_start_becomes_the_query_tower(tiny_beir, tiny_model_dir, ca
     model = ltre(tiny_model_dir, warm_start, tmp_path)
     t = trainer(tmp_path, max_steps=2, limit_val_batches=0)
     t.fit(model, data(tiny_beir, tiny_model_dir, cache_dir))
-    assert model.doc_encoder is None
+    # The document tower is the warm start's, frozen, kept in the module (and its checkpoints).
+    assert model.hparams.doc_encoder is None and not any(p.requires_grad for p in model.doc_encoder.parameters())
     optimized = {id(p) for group in t.optimizers[0].param_groups for p in group["params"]}
     assert optimized == {id(p) for p in model.encoder.parameters()}
     # The index holds what the warm start's tower gave, not what the trained tower gives now.
@@ -103,6 +104,8 @@ def test_shared_warm_start_becomes_the_query_tower(tiny_beir, tiny_model_dir, ca
     with torch.no_grad():
         want = warm.encode_docs(batch).numpy()
     np.testing.assert_allclose(model.corpus_embeddings().take(np.arange(5)), want, atol=1e-5)
+    for name, value in warm.encoder.state_dict().items():
+        torch.testing.assert_close(model.doc_encoder.state_dict()[name], value, msg=name)
 
 
 def test_retrieval_matches_brute_force(tiny_beir, tiny_model_dir, cache_dir, tmp_path, warm_start):

@@ -72,6 +72,7 @@ def test_warm_start_from_checkpoint(tiny_beir, tiny_model_dir, cache_dir, tmp_pa
     trainer.fit(source, tiny_dm(tiny_beir, tiny_model_dir, cache_dir))
     trainer.save_checkpoint(tmp_path / "warm.ckpt")
     target = SamToNe(encoder=Encoder(tiny_model_dir), init_checkpoint=str(tmp_path / "warm.ckpt"))
+    target.apply_warm_start()  # what the first fit (or validate / test / predict) does
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 

@@ -22,6 +22,46 @@ from lit_dr.search import even_share
 log = logging.getLogger(__name__)
 
 
+def process_rng_state(device: torch.device) -> dict:
+    """This process's random generators: torch's CPU one and, on a GPU, that of its own device."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def gather_by_rank(local: dict) -> dict[int, dict]:
+    """Every process's `local` by global rank, on every process (collective under torch.distributed)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return {0: local}
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    return dict(enumerate(gathered))
+
+
+def rng_by_rank(saved: dict) -> dict[int, dict]:
+    """A checkpoint's generator states by rank; a checkpoint from before they were kept per process held rank
+    0's CPU state and the CUDA states of every visible device: rank 0's, its own device's first."""
+    if "by_rank" in saved:
+        return {int(r): s for r, s in saved["by_rank"].items()}
+    cuda = saved.get("cuda") or []
+    return {0: {"torch": saved["torch"], **({"cuda": cuda[0]} if len(cuda) else {})}}
+
+
+def restore_rng_state(by_rank: dict[int, dict], rank: int, device: torch.device) -> bool:
+    """Restore this process's generators from its own saved state; False (and nothing changed) when the
+    checkpoint has none for this rank (it came from fewer processes). A saved CUDA state is restored on this
+    process's device only, so a resume on fewer GPUs than the checkpoint's run never indexes a missing one."""
+    state = by_rank.get(rank)
+    if state is None:
+        return False
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    return True
+
+
 class NegativeRefresh(L.Callback):
     """Every `every_n_steps` optimizer steps (and, optionally, before the first): encode the corpus and the
     training queries with the current model, index the corpus with FAISS, retrieve the top `depth` per query,
@@ -86,12 +126,15 @@ class NegativeRefresh(L.Callback):
         self._rng: dict | None = None
 
     # -- checkpointed state ----------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._device = trainer.strategy.root_device  # whose generator this process saves (`state_dict`)
+
     def state_dict(self) -> dict:
         # The global torch generators too (dropout): Lightning does not checkpoint them, and without them a
-        # resumed run's weights, and so its next negatives, would drift from an uninterrupted run's.
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        # resumed run's weights, and so its next negatives, would drift from an uninterrupted run's. Every
+        # process's own, by rank (only rank 0's callback state is written): Lightning dumps a checkpoint on
+        # every process, so the gather is collective.
+        rng = {"by_rank": gather_by_rank(process_rng_state(getattr(self, "_device", torch.device("cpu"))))}
         return {"generation": self.generation, "last_step": self.last_step, "table_path": self.table_path,
                 "table_digest": self.table_digest, "table_dir": self.table_dir, "rng": rng}
 
@@ -106,9 +149,12 @@ class NegativeRefresh(L.Callback):
         if self.table_dir is None:
             self.table_dir = str(shared_run_directory(trainer) / "negatives")
         if self._rng is not None:
-            torch.set_rng_state(self._rng["torch"])
-            if "cuda" in self._rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._rng["cuda"])
+            by_rank = rng_by_rank(self._rng)
+            restore_rng_state(by_rank, trainer.global_rank, pl_module.device)
+            if trainer.is_global_zero and len(by_rank) != trainer.world_size:
+                log.warning("the checkpoint holds the random generators of %d process(es), this run has %d: "
+                            "process(es) without a saved state keep their seeded one, extra states are unused",
+                            len(by_rank), trainer.world_size)
             self._rng = None
         if self.table_path is not None:  # resumed: the table this run was using
             self._install(trainer, *self._load(Path(self.table_path)))

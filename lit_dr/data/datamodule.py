@@ -21,7 +21,7 @@ from lit_dr.data.formats import (
     split_dev,
 )
 from lit_dr.data.judgments import given_negatives, load_qrels, warn_overlap
-from lit_dr.data.sampling import EpochSampler, NegativesTable, draw_rows
+from lit_dr.data.sampling import EpochSampler, NegativesTable, QueryShardSampler, draw_rows
 from lit_dr.data.token_store import TokenStore, cached_store, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -360,9 +360,12 @@ class RetrievalDataModule(L.LightningDataModule):
         return EncodeBatch(tokens=self.queries.batch(rows), rows=torch.from_numpy(rows))
 
     def query_dataloader(self, split: str) -> DataLoader:
+        rows = self.require_split(split).tolist()
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         return DataLoader(
-            self.require_split(split).tolist(),
+            rows,
             batch_size=self.hparams.eval_batch_size,
+            sampler=QueryShardSampler(len(rows), world, rank),
             collate_fn=self.collate_encode,
         )
 

@@ -68,3 +68,26 @@ def draw_rows(rng: np.random.Generator, pool: np.ndarray | None, n: int, populat
             chosen.append(r)
             taken.add(r)
     return chosen
+
+
+class QueryShardSampler(DistributedSampler):
+    """Evaluation and prediction queries in order, each process taking its contiguous share (sizes differ by at
+    most one, no padding), and a process whose share is empty (fewer queries than processes) the first query
+    once: Lightning skips an evaluation loop without batches, and that process would then miss the collectives
+    of the others. The module's gather pads by counts and drops the repeat (`BiEncoderModule._gathered_queries`).
+
+    Being a DistributedSampler, Lightning keeps it under DDP instead of injecting its own (which pads val/test
+    with repeats and asserts in predict when a process gets no query).
+    """
+
+    def __init__(self, n: int, num_replicas: int, rank: int) -> None:
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=False)
+        bounds = np.linspace(0, n, num_replicas + 1).round().astype(int)
+        share = list(range(int(bounds[rank]), int(bounds[rank + 1])))
+        self.indices = share or [0][:n]
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

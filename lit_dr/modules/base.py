@@ -23,7 +23,7 @@ from lit_dr.encoding import AutocastFactory, autocast_factory, encode_to_shards
 from lit_dr.faiss_index import check_search_params
 from lit_dr.large_batch import gather_keep_local, gather_train_batch, grad_cached_loss
 from lit_dr.run_dir import run_directory, shared_run_directory
-from lit_dr.search import Processes, even_share, search_embeddings
+from lit_dr.search import Processes, even_share, gather_rows, search_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,9 @@ class BiEncoderModule(L.LightningModule):
             and GPU index alike, recorded in `evaluations.jsonl`; a name the index does not have is an error here.
         eval_depth: documents retrieved per query (the run file holds this many).
         run_dir: where TREC run files go; default `runs/` in the run's directory (beside its checkpoints).
-        init_checkpoint: a Lightning checkpoint whose towers' weights initialise this module (warm start).
+        init_checkpoint: a Lightning checkpoint whose towers' weights initialise this module (warm start), read
+            once, when a trainer first runs a module that was not restored from a checkpoint (`apply_warm_start`):
+            never by `load_from_checkpoint` or a resume, so a checkpoint of this module stands alone.
         embedding_dtype: how corpus embeddings are stored on disk (float16 halves the files; search is float32).
         embedding_dir: where embedding files go; default `embeddings/` in the run's directory.
         cross_device_negatives: under DDP, every process's documents (and queries) are negatives of every
@@ -113,8 +115,7 @@ class BiEncoderModule(L.LightningModule):
         self._eval_outputs: list[tuple[Tensor, Tensor]] = []
         self._corpus_cache: tuple[int, EmbeddingShards] | None = None  # (global step, its corpus embeddings)
         self._embedding_root: Path | None = None
-        if init_checkpoint is not None:
-            self.load_tower_weights(init_checkpoint)
+        self._warm_started = False  # the warm start was applied, or the weights came from a checkpoint
 
     # -- encoding ----------------------------------------------------------------------------------
     @property
@@ -127,9 +128,18 @@ class BiEncoderModule(L.LightningModule):
     def encode_docs(self, tokens: TokenBatch) -> Tensor:
         return self.document_tower(tokens.input_ids, tokens.attention_mask)  # (N, H)
 
+    def tower_state(self, path: str) -> dict[str, Tensor]:
+        """The towers' weights in a Lightning checkpoint, by this module's state-dict names (tensors only:
+        `weights_only=True`, so a checkpoint from a stranger cannot run code)."""
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # A shared-tower LTRe checkpoint also holds its frozen document copy: not a tower of a shared module.
+        shared = "doc_encoder" in checkpoint.get("hyper_parameters", {}) and \
+            checkpoint["hyper_parameters"]["doc_encoder"] is None
+        towers = ("encoder.",) if shared and self.doc_encoder is None else ("encoder.", "doc_encoder.")
+        return {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(towers)}
+
     def load_tower_weights(self, path: str) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-        towers = {k: v for k, v in state.items() if k.startswith(("encoder.", "doc_encoder."))}
+        towers = self.tower_state(path)
         missing, unexpected = self.load_state_dict(towers, strict=False)
         missing = [k for k in missing if k.startswith(("encoder.", "doc_encoder."))]
         unexpected = [k for k in unexpected if ".pooler." not in k]  # older checkpoints kept HF's unused pooler
@@ -138,14 +148,26 @@ class BiEncoderModule(L.LightningModule):
                              f"unexpected {unexpected[:5]}")
         log.info("initialised towers from %s", path)
 
+    def apply_warm_start(self) -> None:
+        """Load `init_checkpoint`'s towers, once: at the start of the first fit (or validate / test / predict) of a
+        module built afresh. A module restored from its own checkpoint (`load_from_checkpoint`, a trainer's
+        `ckpt_path`) never reads the warm start again: its checkpoint holds every weight."""
+        if self._warm_started:
+            return
+        self._warm_started = True
+        resuming = self._trainer is not None and self.trainer.ckpt_path is not None
+        if self.hparams.get("init_checkpoint") is not None and not resuming:
+            self.load_tower_weights(self.hparams.init_checkpoint)
+
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+    def load_from_checkpoint(cls, checkpoint_path, *args, weights_only: bool = True, **kwargs):
         """Lightning's `load_from_checkpoint`, returning the objective that was trained:
-        `BiEncoderModule.load_from_checkpoint(ckpt)` of a BM25-negatives run is a `BM25Negatives`, not the base."""
+        `BiEncoderModule.load_from_checkpoint(ckpt)` of a BM25-negatives run is a `BM25Negatives`, not the base.
+        Tensors and plain containers only (`weights_only=True`): loading a checkpoint never runs its code."""
         trained = trained_class(checkpoint_path)
         if trained is not None and trained is not cls and issubclass(trained, cls):
-            return trained.load_from_checkpoint(checkpoint_path, *args, **kwargs)
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+            return trained.load_from_checkpoint(checkpoint_path, *args, weights_only=weights_only, **kwargs)
+        return super().load_from_checkpoint(checkpoint_path, *args, weights_only=weights_only, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # What export and model cards need from a checkpoint: the class (the CLI records it, Python does not)
@@ -197,16 +219,24 @@ class BiEncoderModule(L.LightningModule):
 
     def check_finite_loss(self, loss: Tensor, batch: TrainBatch) -> None:
         """Stop the fit on a NaN or infinite loss, naming the step and the batch's query ids: training on it
-        would silently ruin the weights. (One host sync per step.)"""
-        if bool(torch.isfinite(loss.detach())):
+        would silently ruin the weights. Under DDP the processes agree first (one all_gather of a scalar), so
+        every process raises the same error instead of the others waiting in the next collective until the
+        timeout. (One host sync per step.)"""
+        value = loss.detach().float().reshape(1)  # (1,)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        losses = self.all_gather(value).reshape(-1).cpu() if world > 1 else value.cpu()  # (W,)
+        bad = [r for r, v in enumerate(losses.tolist()) if not np.isfinite(v)]
+        if not bad:
             return
         rows = batch.query_rows.cpu().numpy()
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         names = [str(dm.queries.ids[r]) for r in rows] if dm is not None else [int(r) for r in rows]
+        where = f" on process(es) {bad} of {world} (losses {losses.tolist()})" if world > 1 else ""
+        mine = f"rank {self.global_rank}'s" if world > 1 else "the"
         raise FloatingPointError(
-            f"non-finite training loss {loss.item()} at global step {self.global_step} (epoch "
-            f"{self.current_epoch}); the batch's query ids: {names}. Lower the learning rate or the temperature, "
-            "or check these queries' documents.")
+            f"non-finite training loss{where} at global step {self.global_step} (epoch {self.current_epoch}); "
+            f"{mine} batch's query ids: {names}. Lower the learning rate or the temperature, or check these "
+            "queries' documents.")
 
     def trainable_parameters(self):
         """What the optimizer updates (LTRe: the query tower only)."""
@@ -311,13 +341,22 @@ class BiEncoderModule(L.LightningModule):
         return embeddings
 
     def on_fit_start(self) -> None:
+        # After the trainer restored any `ckpt_path` (and before `on_train_start`, where LTRe encodes its fixed
+        # index from the warm-started towers).
+        self.apply_warm_start()
         self._corpus_cache = None  # weights may come from a checkpoint now
         dm = getattr(self.trainer, "datamodule", None)
         if self.hparams.get("cross_device_negatives") and not hasattr(dm, "excluded_docs"):
             raise ValueError("cross_device_negatives needs a data module with `excluded_docs(query_rows)` (such as "
                              "RetrievalDataModule): the false-negative mask must cover other processes' documents")
 
+    def on_validation_start(self) -> None:
+        self.apply_warm_start()  # `validate` of a module built afresh evaluates its warm start (no-op in a fit)
+
+    on_test_start = on_predict_start = on_validation_start
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._warm_started = True  # the checkpoint's weights, never the warm start's
         self._corpus_cache = None
         self._checkpoint_step = checkpoint.get("global_step")
 
@@ -330,12 +369,17 @@ class BiEncoderModule(L.LightningModule):
         return self.global_step if fitting or loaded is None else int(loaded)
 
     def _gathered_queries(self) -> tuple[np.ndarray, Tensor]:
-        rows = torch.cat([r for r, _ in self._eval_outputs])  # (n,)
-        emb = torch.cat([e for _, e in self._eval_outputs])  # (n, H)
+        """(Q,) query rows, ascending and unique, and their (Q, H) embeddings, from every process. Processes may
+        hold unequal numbers of queries (the query sampler does not pad; Lightning's pads val/test with
+        repeats), none included: the gather pads by counts (`gather_rows`) and repeats are dropped."""
+        rows = torch.cat([r for r, _ in self._eval_outputs]) if self._eval_outputs else torch.zeros(0, dtype=torch.long)
+        emb = (torch.cat([e for _, e in self._eval_outputs]) if self._eval_outputs
+               else torch.zeros(0, self.encoder.dim))  # (n, H)
         self._eval_outputs = []
-        if self.trainer.world_size > 1:  # the distributed sampler pads with repeats: gather, then dedupe
-            rows = self.all_gather(rows.to(self.device)).reshape(-1).cpu()
-            emb = self.all_gather(emb.to(self.device)).reshape(-1, emb.shape[-1]).cpu()
+        if self.trainer.world_size > 1:
+            procs = self.processes()
+            rows = torch.from_numpy(gather_rows(rows.numpy(), procs))
+            emb = torch.from_numpy(gather_rows(emb.numpy(), procs))
         unique, first = np.unique(rows.numpy(), return_index=True)
         return unique, emb[torch.from_numpy(first)]
 

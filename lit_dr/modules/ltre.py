@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -69,8 +71,10 @@ class LTRe(BiEncoderModule):
     encodes the query batch, retrieves the top `depth` from the whole corpus with the detached embeddings,
     recomputes the retrieved documents' scores in torch from their stored embeddings (so the gradient reaches the
     query tower), and learns from that ranking. Only the query tower trains: with one shared tower in the warm
-    start, the tower becomes the query tower and the document side is the stored embeddings; a separate
-    `doc_encoder` is frozen and left out of the optimizer.
+    start, the tower becomes the query tower and a frozen copy of it becomes `doc_encoder` (the tower that
+    embedded the index, saved in every checkpoint so that export, test and resume need no warm-start file; it
+    costs one tower's weights in memory, no gradients or optimizer state); a separate `doc_encoder` is frozen
+    and left out of the optimizer.
 
     A checkpoint records the index's source (warm start, embedding directory, digest): a resumed run, and
     `validate`/`test` from the checkpoint, reuse the embeddings instead of re-encoding; a changed file is an error.
@@ -110,8 +114,9 @@ class LTRe(BiEncoderModule):
                                  "training_step (see its docstring)")
         self.depth, self.metric_cut = depth, depth if metric_cut is None else metric_cut
         self.loss, self.temperature, self.append_positives = loss, temperature, append_positives
-        if self.doc_encoder is not None:
-            self.doc_encoder.requires_grad_(False)
+        if self.doc_encoder is None:  # the warm start's shared tower, kept as the frozen document tower
+            self.doc_encoder = copy.deepcopy(self.encoder)
+        self.doc_encoder.requires_grad_(False)
         self.index_source: dict | None = None  # what the fixed index was made from; kept in checkpoints
         self.corpus_encodings = 0  # how often this module encoded the corpus (once per fit at most)
         self._embeddings: EmbeddingShards | None = None
@@ -133,9 +138,6 @@ class LTRe(BiEncoderModule):
                                  f"written (digest {digest[:12]}, recorded {recorded['digest'][:12]})")
             log.info("LTRe: reusing the fixed document embeddings in %s", directory)
         else:
-            if self.global_step > 0 and self.doc_encoder is None:
-                raise RuntimeError("LTRe's fixed index must come from the warm start, but the shared tower has "
-                                   "trained already: resume from an LTRe checkpoint or set `doc_embeddings`")
             embeddings = self.embed_to_files("doc", None, "ltre-corpus")
             self.corpus_encodings += 1
             digest = self._digest(embeddings)
@@ -161,8 +163,28 @@ class LTRe(BiEncoderModule):
         super().on_save_checkpoint(checkpoint)
         checkpoint["ltre_index_source"] = self.index_source
 
+    @property
+    def _shared_warm_start(self) -> bool:
+        return self.hparams.get("doc_encoder") is None  # doc_encoder is the frozen copy of the shared tower
+
+    def tower_state(self, path: str) -> dict[str, Tensor]:
+        """A shared-tower warm start initialises the query tower and its frozen copy, the document tower."""
+        state = super().tower_state(path)
+        if self._shared_warm_start and not any(k.startswith("doc_encoder.") for k in state):
+            state.update({"doc_" + k: v for k, v in state.items() if k.startswith("encoder.")})
+        return state
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict", {})
+        if self._shared_warm_start and not any(k.startswith("doc_encoder.") for k in state):
+            # Written before LTRe kept its frozen document tower: that tower is the warm start's.
+            source = self.hparams.get("init_checkpoint")
+            if not source or not Path(source).is_file():
+                raise FileNotFoundError(f"this LTRe checkpoint predates the frozen document tower in checkpoints; "
+                                        f"its documents were embedded by the warm start {source!r}, which is needed")
+            log.warning("LTRe checkpoint without its document tower: taking it from the warm start %s", source)
+            state.update({k: v for k, v in self.tower_state(source).items() if k.startswith("doc_encoder.")})
         self.index_source = checkpoint.get("ltre_index_source")
         self._embeddings, self._index = None, None
 
