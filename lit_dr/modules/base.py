@@ -231,7 +231,8 @@ class BiEncoderModule(L.LightningModule):
         rows = batch.query_rows.cpu().numpy()
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         names = [str(dm.queries.ids[r]) for r in rows] if dm is not None else [int(r) for r in rows]
-        where = f" on process(es) {bad} of {world} (losses {losses.tolist()})" if world > 1 else ""
+        where = (f" on process(es) {bad} of {world} (losses {losses.tolist()})" if world > 1
+                 else f" {losses.item()}")
         mine = f"rank {self.global_rank}'s" if world > 1 else "the"
         raise FloatingPointError(
             f"non-finite training loss{where} at global step {self.global_step} (epoch {self.current_epoch}); "
