@@ -112,6 +112,29 @@ def subprocess_env(cpu: bool, cache: Path) -> dict[str, str]:
     return env
 
 
+# -- before anything: every wheel the runs import -------------------------------------------------------------
+PREFLIGHT = {  # module -> the wheel that provides it
+    "torch": "torch", "lightning": "lightning", "transformers": "transformers", "torchmetrics": "torchmetrics",
+    "numpy": "numpy", "yaml": "PyYAML", "tqdm": "tqdm", "filelock": "filelock", "faiss": "faiss-cpu (or faiss-gpu)",
+    "jsonargparse": "jsonargparse", "docstring_parser": "docstring-parser", "typeshed_client": "typeshed-client",
+    "bm25s": "bm25s", "Stemmer": "PyStemmer",
+}
+
+
+def preflight() -> list[str]:
+    """'module (wheel: error)' for each module of PREFLIGHT that does not import; imported, not just found, so a
+    wheel built for another Python or platform is named too."""
+    import importlib
+
+    missing = []
+    for module, wheel in PREFLIGHT.items():
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # noqa: BLE001 (ImportError, or an OSError from a shared library)
+            missing.append(f"{module} (wheel {wheel}: {type(err).__name__}: {err})")
+    return missing
+
+
 # -- what is run -----------------------------------------------------------------------------------------------
 def callbacks_fragment(objective: str, every_n_steps: int, path: Path) -> bool:
     """Write the config's own callbacks to `path`, with `NegativeRefresh` mining every `every_n_steps` (one added,
@@ -252,6 +275,218 @@ def check(objective: str, args, work: Path, env: dict[str, str], common: list[st
         outcome.seconds = time.perf_counter() - start
 
 
+# -- numeric checks: figures a GPU run can get wrong, each printed with PASS/FAIL -------------------------------
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    figure: str
+
+
+def print_check(c: Check) -> None:
+    print(f"check {c.name:<34} {'PASS' if c.passed else 'FAIL'}  {c.figure}", flush=True)
+
+
+def random_shards(directory: Path, docs, world_size: int):
+    """`docs` (N, H) float32 written as `world_size` shards, as a corpus encoding by that many processes leaves it."""
+    import numpy as np
+
+    from lit_dr.embeddings import (
+        EmbeddingShards,
+        finish_shard,
+        open_shard_for_writing,
+        shard_path,
+        write_meta,
+    )
+
+    bounds = np.linspace(0, len(docs), world_size + 1).astype(np.int64)
+    for r in range(world_size):
+        path = shard_path(directory, r, world_size)
+        out, tmp = open_shard_for_writing(path, int(bounds[r + 1] - bounds[r]), docs.shape[1], "float32")
+        out[:] = docs[bounds[r]: bounds[r + 1]]
+        finish_shard(out, tmp, path)
+    write_meta(directory, bounds, docs.shape[1], "float32")
+    return EmbeddingShards(directory)
+
+
+def check_grad_cache(device, bf16: bool, data: Path, model: str, cache: Path) -> Check:
+    """1. One training step's gradient with gradient caching (chunks of 3) against the uncached step that embeds
+    the same chunks with a graph (so dropout draws the same masks: `tests/test_large_batch.py`), under bf16
+    autocast on CUDA. Figure: max |g_cached - g| / max |g| over all parameters. bf16 keeps 8 mantissa bits
+    (relative rounding 2^-9 = 0.002 per operation); both steps run the same bf16 kernels on the same chunks and
+    differ only in the order of float32 gradient accumulation, so 2e-2 (10 roundings) is generous yet far below
+    the O(1) error of a wrong random-state replay or a chunk embedded without autocast. float32 (CPU): 1e-4."""
+    import torch
+
+    from lit_dr import BM25Negatives, Encoder, RetrievalDataModule
+    from lit_dr.data.batches import TokenBatch
+
+    chunk, tolerance = 3, (2e-2 if bf16 else 1e-4)
+    dm = RetrievalDataModule(str(data), tokenizer=model, cache_dir=str(cache), num_negatives=2, negatives="none",
+                             show_progress=False)
+    dm.setup("fit")
+    batch = dm.train_batch(dm.split_rows["train"][:5]).to(device)  # B 5, G 3: chunks of 3 split groups unevenly
+
+    class Chunked(BM25Negatives):  # the uncached reference: each tower embeds `chunk` rows at a time, with a graph
+        def encode_queries(self, t):
+            return torch.cat([super(Chunked, self).encode_queries(TokenBatch(t.input_ids[i:i + chunk],
+                              t.attention_mask[i:i + chunk])) for i in range(0, len(t.input_ids), chunk)])
+
+        def encode_docs(self, t):
+            return torch.cat([super(Chunked, self).encode_docs(TokenBatch(t.input_ids[i:i + chunk],
+                              t.attention_mask[i:i + chunk])) for i in range(0, len(t.input_ids), chunk)])
+
+    torch.manual_seed(0)
+    reference = Chunked(encoder=Encoder(model, projection_dim=8, normalize=True), temperature=0.1).to(device)
+    cached = BM25Negatives(encoder=Encoder(model, projection_dim=8, normalize=True), temperature=0.1,
+                           grad_cache_chunk_size=chunk).to(device)
+    cached.load_state_dict(reference.state_dict())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def step(module):
+        torch.manual_seed(0)
+        if device.type == "cuda":
+            torch.cuda.manual_seed_all(0)
+        with autocast:
+            objective = module.training_step(batch, 0)
+        objective.backward()
+        return torch.cat([p.grad.float().reshape(-1) for p in module.parameters() if p.grad is not None])
+
+    expected, got = step(reference), step(cached)
+    if got.shape != expected.shape:
+        return Check("grad cache vs uncached", False, f"{got.numel()} gradient entries against {expected.numel()}")
+    rel = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+    precision = "bf16 autocast" if bf16 else "float32"
+    return Check("grad cache vs uncached", rel <= tolerance and math.isfinite(rel),
+                 f"max rel diff {rel:.2e} (tolerance {tolerance:g}, {precision}, {device.type}, {got.numel()} grads)")
+
+
+def check_autocast_search(device, work: Path) -> list[Check]:
+    """2. LTRe's retrieval inside `torch.autocast(bfloat16)` (as under a bf16-mixed trainer: `no_grad` does not
+    turn autocast off) must return what float32 search returns: same rows, scores within float32 rounding. Both
+    `FixedIndex(resident=True)` (LTRe's training-time index on the device) and `search_embeddings`."""
+    import numpy as np
+    import torch
+
+    from lit_dr.search import FixedIndex, Processes, search_embeddings
+
+    rng = np.random.default_rng(1)
+    docs = rng.standard_normal((2000, 64), dtype=np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)  # cosine scores: many close, as a fine-tuned model's
+    queries = rng.standard_normal((32, 64), dtype=np.float32)
+    shards = random_shards(work / "autocast-shards", docs, 2)
+    procs = Processes(device=device)
+    fixed = FixedIndex(shards, "Flat", procs, resident=True)
+    searches = {"FixedIndex(resident) under autocast": lambda: fixed.search(queries, 200),
+                "search_embeddings under autocast": lambda: search_embeddings(shards, queries, 200, "Flat", procs)}
+    checks = []
+    for name, search in searches.items():
+        d32, i32 = search()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            d16, i16 = search()
+        same_rows = float((i16 == i32).mean())
+        worst = float(np.abs(d16.astype(np.float64) - d32).max())
+        ok = same_rows == 1.0 and worst <= 1e-5
+        checks.append(Check(name, ok, f"rows identical {same_rows:.1%}, max score diff {worst:.1e} "
+                                      f"(float32 tolerance 1e-5; {device.type})"))
+    return checks
+
+
+def check_torch_vs_faiss_stream(device, work: Path) -> Check:
+    """3. Exact search streamed over the same shards by torch on `device` and by FAISS on the CPU: the same rows up
+    to ties (each side's rows rescored exactly, in float64, give the same sorted scores) and scores within 1e-4
+    (float32 dot products of 64 terms summed in another order; a TF32 matmul would differ by ~1e-3)."""
+    import numpy as np
+
+    from lit_dr.search import exact_search_stream
+
+    rng = np.random.default_rng(2)
+    docs = rng.standard_normal((20_000, 64), dtype=np.float32)
+    queries = rng.standard_normal((256, 64), dtype=np.float32)
+    shards = random_shards(work / "stream-shards", docs, 3)
+    dt, it = exact_search_stream(shards, queries, 100, backend="torch", device=device, block_rows=4096)
+    df, i_f = exact_search_stream(shards, queries, 100, backend="faiss", block_rows=4096)
+    exact = queries.astype(np.float64) @ docs.astype(np.float64).T  # (Q, N)
+    rescored_t, rescored_f = np.take_along_axis(exact, it, 1), np.take_along_axis(exact, i_f, 1)
+    rows_equal = float((it == i_f).mean())
+    score_diff = float(np.abs(dt.astype(np.float64) - df).max())
+    tie_diff = float(np.abs(rescored_t - rescored_f).max())
+    ok = (it >= 0).all() and score_diff <= 1e-4 and tie_diff <= 1e-4
+    return Check("torch stream vs FAISS", bool(ok), f"rows identical {rows_equal:.2%}, max score diff "
+                 f"{score_diff:.1e}, rows' exact scores differ by {tie_diff:.1e} (tolerance 1e-4; torch on {device})")
+
+
+FACTORY_RECALL = {"Flat": 0.999, "IVF{n},Flat": 0.999, "IVF{n},PQ64": 0.30, "HNSW32": 0.90}
+
+
+def check_factories(device, n_docs: int) -> list[Check]:
+    """4. Each advertised factory string where `search_backend` puts it: on a GPU build of FAISS when the library
+    says the GPU supports it (`faiss_index.gpu_supported`, float16 lookup tables for PQ in `to_gpu`), else on the
+    CPU. Figure: recall@10 against exact search at full nprobe (= nlist) or efSearch 256. Bounds: exact for Flat
+    and IVF at nprobe = nlist; for PQ64 (2 dimensions per 8-bit code on Gaussian vectors, the worst case for PQ)
+    0.30, measured 0.4-0.5 on the CPU; HNSW32 0.90."""
+    import numpy as np
+    import torch
+
+    from lit_dr import faiss_index
+    from lit_dr.search import search_backend
+
+    faiss = faiss_index.import_faiss()
+    gpu_supported = getattr(faiss_index, "gpu_supported", None)
+    gpu_build = hasattr(faiss, "StandardGpuResources")
+    rng = np.random.default_rng(3)
+    docs = rng.standard_normal((n_docs, 128), dtype=np.float32)
+    queries = rng.standard_normal((200, 128), dtype=np.float32)
+    _, truth = faiss_index.exact_search(torch.from_numpy(docs), torch.from_numpy(queries), 10)
+    truth = truth.numpy()
+    nlist = 64
+    checks = []
+    if gpu_supported is None:
+        print("check factories: lit_dr.faiss_index.gpu_supported not available (not merged yet): the decision is "
+              "search_backend's alone", flush=True)
+    for template, bound in FACTORY_RECALL.items():
+        factory = template.format(n=nlist)
+        try:
+            index = faiss_index.build_index(docs, factory, train_sample=10_000)  # 39 x 256 PQ centroids
+            params = {"nprobe": nlist} if "IVF" in factory else {"efSearch": 256} if "HNSW" in factory else None
+            backend = search_backend(factory, device)
+            supported = gpu_build and device.type == "cuda" and (gpu_supported(factory) if gpu_supported else True)
+            where, problem = "cpu", ""
+            if backend == "faiss-gpu":
+                if gpu_supported is not None and not gpu_supported(factory):
+                    problem = f"search_backend sent {factory} to the GPU, gpu_supported says no; "
+                index, where = faiss_index.to_gpu(index, device.index or 0), f"gpu {device.index or 0}"
+            elif supported and gpu_supported is not None:
+                problem = f"gpu_supported({factory!r}) but search_backend chose {backend!r}; "
+            _, got = faiss_index.search(index, queries, 10, params=params)
+            recall = float(np.mean([len(set(g) & set(t)) / 10 for g, t in zip(got, truth, strict=True)]))
+            ok = not problem and recall >= bound
+            checks.append(Check(f"factory {factory}", ok, f"{problem}recall@10 {recall:.3f} (bound {bound}) on "
+                                f"{where}, backend {backend!r}, params {params}"))
+        except Exception as err:  # noqa: BLE001 (a failed placement is the finding: report it, go on)
+            checks.append(Check(f"factory {factory}", False, f"{type(err).__name__}: {str(err).splitlines()[0]}"))
+    return checks
+
+
+def numeric_checks(cpu: bool, work: Path, data: Path, model: str, factory_docs: int) -> list[Check]:
+    import torch
+
+    device = torch.device("cpu") if cpu else torch.device("cuda", 0)
+    checks: list[Check] = []
+
+    def add(found) -> None:
+        for c in found if isinstance(found, list) else [found]:
+            print_check(c)
+            checks.append(c)
+
+    add(check_grad_cache(device, not cpu, data, model, work / "cache"))
+    add(check_autocast_search(device, work))
+    add(check_torch_vs_faiss_stream(device, work))
+    if factory_docs > 0:  # 0: skipped (IVF-PQ64 training takes minutes on a loaded 2-core CPU)
+        add(check_factories(device, factory_docs))
+    return checks
+
+
 def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -289,8 +524,19 @@ def main(argv: list[str] | None = None) -> int:
                              "objective but ltre: CUDA random-state replay, autocast and NCCL gathers")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per command")
     parser.add_argument("--workdir", type=Path, default=None, help="where everything goes (kept); default a temp dir")
+    parser.add_argument("--checks", choices=("all", "numeric", "objectives"), default="all",
+                        help="numeric: only the numeric checks (seconds); objectives: only the fits; default both")
+    parser.add_argument("--factory-docs", type=int, default=20_000,
+                        help="synthetic vectors (128 dimensions) the factory check indexes; 0 skips that check")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    missing = preflight()
+    if missing:
+        print("preflight FAIL: missing or broken wheels: " + "; ".join(missing), flush=True)
+        print("install them (see this script's docstring): pip install --no-index --no-deps --target ~/site "
+              ".whl/*.whl, then PYTHONPATH=~/site:.", flush=True)
+        return 2
+    print(f"preflight PASS: {', '.join(PREFLIGHT)} import", flush=True)
 
     available = [o for o in OBJECTIVES if (ROOT / "configs" / f"{o}.yaml").exists()]
     chosen = available
@@ -356,8 +602,20 @@ def main(argv: list[str] | None = None) -> int:
         common.append(f"--trainer.devices={args.devices}")
     print(f"data {data} ({test_stage} after fit); model {model}; {world} processes; work dir {work}", flush=True)
 
+    if args.checks != "objectives":
+        checks = numeric_checks(args.cpu, work, data, model, args.factory_docs)
+        failed_checks = [c.name for c in checks if not c.passed]
+        print(f"numeric checks: {len(checks) - len(failed_checks)} of {len(checks)} PASS"
+              + (f"; FAILED: {', '.join(failed_checks)}" if failed_checks else ""), flush=True)
+        if args.checks == "numeric":
+            if not failed_checks and args.workdir is None:
+                shutil.rmtree(work, ignore_errors=True)
+            return 1 if failed_checks else 0
+    else:
+        failed_checks = []
+
     outcomes, warm_start = [], None
-    for objective in chosen:
+    for objective in ([] if args.checks == "numeric" else chosen):
         use = warm_start if objective in WARM_STARTED else None
         outcome = check(objective, args, work, env, common, use, test_stage)
         outcomes.append(outcome)
@@ -370,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         if objective == "bm25neg" and not outcome.problems:
             warm_start = outcome.last_ckpt
 
-    failed = [o.objective for o in outcomes if o.problems]
+    failed = [o.objective for o in outcomes if o.problems] + failed_checks
     if failed:
         print(f"FAILED: {', '.join(failed)}; logs kept in {work}")
         return 1

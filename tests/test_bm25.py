@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import bm25s
 import numpy as np
 import pytest
+import Stemmer  # noqa: F401 (a dependency: a broken install fails here, never skips)
 
 from lit_dr.bm25 import bm25_cache_key, bm25_search, hard_negatives_from_ranking
-
-bm25s = pytest.importorskip("bm25s")
-pytest.importorskip("Stemmer")
 
 CORPUS = [
     "The cat sat on the mat and purred.",

@@ -23,7 +23,25 @@ def build(args: list[str]) -> LitDrCLI:
 
 
 def test_there_is_a_config_per_objective():
-    assert {p.stem for p in OBJECTIVES} >= {"bm25neg", "samtone"}
+    """Every objective module the package exports has a top-level config, and every config builds one of them."""
+    import inspect
+
+    import lit_dr
+
+    modules = {name for name in lit_dr.__all__ if inspect.isclass(getattr(lit_dr, name))
+               and issubclass(getattr(lit_dr, name), BiEncoderModule) and getattr(lit_dr, name) is not BiEncoderModule}
+    assert modules == {"BM25Negatives", "SamToNe", "ANCE", "DANCE", "LTRe"}
+    configured = {yaml.safe_load(p.read_text())["model"]["class_path"].removeprefix("lit_dr.") for p in OBJECTIVES}
+    assert configured == modules
+    assert {p.stem for p in OBJECTIVES} == {"bm25neg", "samtone", "ance", "dance_stage1", "dance", "ltre"}
+
+
+def test_every_yaml_under_configs_is_parsed_by_a_test():
+    """Objectives and fragments here; sweeps in test_sweeps.py, pipelines in test_pipeline.py. A YAML in a new
+    folder, or one level deeper, would otherwise never be parsed by the CLI."""
+    elsewhere = {p for folder in ("sweeps", "pipelines") for p in (CONFIGS / folder).glob("*.yaml")}
+    assert set(CONFIGS.rglob("*.yaml")) == set(OBJECTIVES) | set(FRAGMENTS) | elsewhere
+    assert not list(CONFIGS.rglob("*.yml")), "name configs *.yaml: the tests look for that suffix"
 
 
 @pytest.mark.parametrize("path", OBJECTIVES, ids=lambda p: p.name)
@@ -46,8 +64,11 @@ def leaves(tree: dict, prefix: str = ""):
 def test_fragment_stacks_on_an_objective(path, monkeypatch, capsys):
     # --print_config stops after parsing: fragments naming a GPU or a hub model parse here without one.
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    # A per-objective GPU fragment (configs/gpu/ltre.yaml) stacks on its own objective, the others on bm25neg.
+    base = CONFIGS / f"{path.stem}.yaml" if path.parent.name == "gpu" else CONFIGS / "bm25neg.yaml"
+    assert base.exists(), f"{path} has no objective config {base.name} to stack on"
     with pytest.raises(SystemExit) as done:
-        run(["fit", "--config", str(CONFIGS / "bm25neg.yaml"), "--config", str(path), "--print_config"])
+        run(["fit", "--config", str(base), "--config", str(path), "--print_config"])
     assert done.value.code in (0, None)
     resolved = yaml.safe_load(capsys.readouterr().out)
     flat = dict(leaves(resolved))

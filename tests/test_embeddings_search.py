@@ -3,6 +3,7 @@ and the corpus encoded once per step within a fit."""
 
 from __future__ import annotations
 
+import faiss  # noqa: F401 (a dependency: a broken install fails here, never skips)
 import lightning as L
 import numpy as np
 import pytest
@@ -13,8 +14,6 @@ from lit_dr.callbacks import NegativeRefresh
 from lit_dr.embeddings import EmbeddingShards, token_balanced_bounds
 from lit_dr.encoding import encode_shard, encode_store, encode_to_shards
 from lit_dr.search import Processes, exact_search_stream, gather_rows, search_embeddings
-
-pytest.importorskip("faiss")
 
 
 def test_token_balanced_bounds_split_the_work_evenly():

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
+import sentence_transformers as st
 import torch
 import yaml
 
@@ -15,8 +16,6 @@ from lit_dr.cli import main, run
 from lit_dr.data.formats import iter_texts
 from lit_dr.encoding import encode_store
 from lit_dr.export import export_checkpoint
-
-st = pytest.importorskip("sentence_transformers")
 
 QUERY_LEN, DOC_LEN = 4, 12  # shorter than the synthetic texts, so truncation at each side's own length matters
 

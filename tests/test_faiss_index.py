@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import faiss  # a dependency: a broken install fails here, never skips
 import numpy as np
 import pytest
 import torch
 
 from lit_dr.faiss_index import build_index, exact_search, search, to_gpu
-
-pytest.importorskip("faiss")
 
 
 def _data(n: int = 1000, q: int = 50, h: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +123,6 @@ def test_bad_search_param() -> None:
 
 
 def test_gpu_index_without_gpu_fails_loudly() -> None:
-    import faiss
 
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         pytest.skip("a GPU is available")

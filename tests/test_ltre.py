@@ -3,6 +3,7 @@ retrieval is exact, a resumed run reuses the embeddings, and training improves o
 
 from __future__ import annotations
 
+import faiss  # noqa: F401 (a dependency: a broken install fails here, never skips)
 import lightning as L
 import numpy as np
 import pytest
@@ -11,8 +12,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_dr import BM25Negatives, Encoder, LTRe, RetrievalDataModule
 from lit_dr.modules.ltre import ranked_lists
-
-pytest.importorskip("faiss")
 
 
 def test_ranked_lists_append_unretrieved_positives_after_the_depth():

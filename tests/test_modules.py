@@ -3,9 +3,10 @@
 import lightning as L
 import pytest
 import torch
+from torch import Tensor
 
 from lit_dr import BM25Negatives, Encoder, RetrievalDataModule, SamToNe
-from lit_dr.data.batches import TokenBatch
+from lit_dr.data.batches import TokenBatch, TrainBatch
 from lit_dr.modules.base import BiEncoderModule
 
 
@@ -82,20 +83,62 @@ def test_base_module_says_what_to_override(tiny_model_dir):
         BiEncoderModule(encoder=Encoder(tiny_model_dir)).compute_loss(None, None, None)
 
 
+class MarginRanking(BiEncoderModule):
+    """The README's example objective: a margin ranking (hinge) loss on the positive and the first negative."""
+
+    def __init__(self, margin: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.margin = margin
+        self.seen: list[tuple[Tensor, Tensor, TrainBatch]] = []  # what compute_loss was given, per step
+
+    def compute_loss(self, q, d, batch):
+        self.seen.append((q.detach().clone(), d.detach().clone(), batch))
+        g = batch.group_size
+        pos = (q * d[::g]).sum(-1)  # (B,)
+        neg = (q * d[1::g]).sum(-1)  # (B,)
+        return torch.relu(self.margin - pos + neg).mean()
+
+
+def hinge_oracle(q: Tensor, d: Tensor, group: int, margin: float) -> float:
+    """mean_i max(0, margin - q_i . d_{i*G} + q_i . d_{i*G+1}), one query at a time in float64."""
+    q, d = q.double(), d.double()
+    terms = [max(0.0, margin - float(q[i] @ d[i * group]) + float(q[i] @ d[i * group + 1])) for i in range(len(q))]
+    return sum(terms) / len(terms)
+
+
 def test_user_objective_in_a_dozen_lines(tiny_beir, tiny_model_dir, cache_dir, tmp_path):
-    """The README's example of adding an objective: subclass and override compute_loss."""
+    """The README's example of adding an objective: subclass and override compute_loss. One SGD step: the loss
+    logged is the hinge of the embeddings compute_loss saw, its documents are laid out positive first, and the
+    step moves the weights downhill (the same batch scores a lower loss after it, without dropout)."""
+    L.seed_everything(0)
+    lr, margin = 0.05, 4.0
+    model = MarginRanking(margin=margin, encoder=Encoder(tiny_model_dir), optimizer=lambda p: torch.optim.SGD(p, lr=lr))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dm = tiny_dm(tiny_beir, tiny_model_dir, cache_dir)
+    logged = []
 
-    class MarginMSE(BiEncoderModule):
-        def __init__(self, margin: float = 1.0, **kwargs):
-            super().__init__(**kwargs)
-            self.margin = margin
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            logged.append(float(outputs["loss"]))
 
-        def compute_loss(self, q, d, batch):
-            g = batch.group_size
-            pos = (q * d[::g]).sum(-1)  # (B,)
-            neg = (q * d[1::g]).sum(-1)  # (B,)
-            return torch.relu(self.margin - pos + neg).mean()
+    tiny_trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[Record()]).fit(model, dm)
+    assert model.global_step == 1 and len(model.seen) == 1 and len(logged) == 1
+    q, d, batch = model.seen[0]
+    group = batch.group_size
+    assert group == 2 and q.shape == (8, 32) and d.shape == (16, 32)
+    oracle = hinge_oracle(q, d, group, margin)
+    assert oracle > 0.1  # the hinge is active: a zero loss would let a broken gradient pass
+    assert logged[0] == pytest.approx(oracle, rel=1e-5, abs=1e-6)
+    rows, docs = batch.query_rows.tolist(), batch.doc_rows.tolist()
+    for i, row in enumerate(rows):  # positive first in each group, then a negative that is not judged relevant
+        assert docs[i * group] in dm.relevance[row] and docs[i * group + 1] not in dm.relevance[row], i
 
-    model = MarginMSE(encoder=Encoder(tiny_model_dir))
-    tiny_trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(model, tiny_dm(tiny_beir, tiny_model_dir, cache_dir))
-    assert model.global_step == 2
+    def eval_loss(state: dict[str, Tensor]) -> float:
+        scorer = MarginRanking(margin=margin, encoder=Encoder(tiny_model_dir)).eval()
+        scorer.load_state_dict(state)
+        with torch.no_grad():
+            return hinge_oracle(scorer.encode_queries(batch.queries), scorer.encode_docs(batch.docs), group, margin)
+
+    after = {k: v.clone() for k, v in model.state_dict().items()}
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert eval_loss(after) < eval_loss(before) - 1e-3, (eval_loss(before), eval_loss(after))

@@ -49,8 +49,8 @@ def test_notebook_runs_and_saves_its_figures(name, tiny_model_dir, cache_dir, tm
     """Each notebook as a user runs it, with no run given: its own short demo fit on the tiny BERT, then the figures.
 
     Executed by a `python3` kernel, which jupyter_client starts with this interpreter (sys.executable)."""
-    nbclient = pytest.importorskip("nbclient")
-    nbformat = pytest.importorskip("nbformat")
+    import nbclient  # dev dependencies: a broken install fails, never skips
+    import nbformat
     from matplotlib.image import imread
 
     data = write_beir(tmp_path / "data", n_docs=96, n_queries=80)  # 16 dev queries, 64 for training
