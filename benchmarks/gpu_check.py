@@ -27,9 +27,12 @@ more, a dev split carved from training, 4 test queries) and model (`build_tiny_b
 tokens) use real ones at the configs' settings. The work directory (`--workdir`, else a temporary one) is
 removed when everything passed and no `--workdir` was given, kept otherwise.
 
-On a GPU machine without network, from the repository root, with a Python that has torch+CUDA and the project's
-other dependencies as wheels in `.whl/` (faiss-cpu or a GPU faiss, jsonargparse, bm25s, lightning, ...):
+On a GPU machine without network, from the repository root, with a Python that has torch+CUDA, lightning,
+transformers and torchmetrics, and the project's other dependencies carried as cp312 wheels in the git-ignored
+`.whl/` (made on a machine with a registry; the import preflight names any that is missing):
 
+    pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+        --platform manylinux2014_x86_64 -d .whl faiss-cpu jsonargparse docstring-parser typeshed-client bm25s PyStemmer
     pip install --no-index --no-deps --target ~/site .whl/*.whl
     PYTHONPATH=~/site:. python benchmarks/gpu_check.py               # --devices N: N GPUs (default all)
 
@@ -416,7 +419,7 @@ def check_torch_vs_faiss_stream(device, work: Path) -> Check:
                  f"{score_diff:.1e}, rows' exact scores differ by {tie_diff:.1e} (tolerance 1e-4; torch on {device})")
 
 
-FACTORY_RECALL = {"Flat": 0.999, "IVF{n},Flat": 0.999, "IVF{n},PQ64": 0.30, "HNSW32": 0.90}
+FACTORY_RECALL = {"Flat": 0.999, "IVF{n},Flat": 0.999, "IVF{n},PQ64": 0.70, "HNSW32": 0.90}
 
 
 def check_factories(device, n_docs: int) -> list[Check]:
@@ -424,7 +427,8 @@ def check_factories(device, n_docs: int) -> list[Check]:
     says the GPU supports it (`faiss_index.gpu_supported`, float16 lookup tables for PQ in `to_gpu`), else on the
     CPU. Figure: recall@10 against exact search at full nprobe (= nlist) or efSearch 256. Bounds: exact for Flat
     and IVF at nprobe = nlist; for PQ64 (2 dimensions per 8-bit code on Gaussian vectors, the worst case for PQ)
-    0.30, measured 0.4-0.5 on the CPU; HNSW32 0.90."""
+    0.70, measured 0.847 on the CPU at 20,000 documents (float16 lookup tables on the GPU should lose little);
+    HNSW32 0.90 (0.969 measured)."""
     import numpy as np
     import torch
 

@@ -17,7 +17,8 @@ def gpu_check(tmp_path, *args: str, timeout: int) -> str:
                           "--workdir", str(tmp_path), *args],
                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
-    assert "search_backend('Flat', cpu) = 'faiss'" in out.stdout.splitlines()[0]
+    assert out.stdout.startswith("preflight PASS"), out.stdout[:2000]
+    assert "search_backend('Flat', cpu) = 'faiss'" in out.stdout, out.stdout[:2000]
     return out.stdout
 
 
@@ -29,7 +30,8 @@ def result(stdout: str, objective: str) -> re.Match:
 
 
 def test_bm25neg_and_ltre_pass_on_two_cpu_processes(tmp_path):
-    stdout = gpu_check(tmp_path, "--objectives", "bm25neg", "ltre", "--docs", "96", timeout=900)
+    stdout = gpu_check(tmp_path, "--checks", "objectives", "--objectives", "bm25neg", "ltre", "--docs", "96",
+                       timeout=900)
     line = result(stdout, "bm25neg")
     # Refreshed at step 2 only (not before the first step: BM25 negatives; not at the last step).
     assert line.groups()[:3] == ("OK", "4", "1")
@@ -66,8 +68,8 @@ def test_every_objective_passes_on_two_cpu_processes(tmp_path):
 
 def test_numeric_checks_pass_on_the_cpu(tmp_path):
     """The numeric checks in --cpu mode (float32 gradient caching; the forced-bf16 CPU autocast search; torch
-    against FAISS streaming), the factory check skipped (IVF-PQ64 training takes minutes here). The autocast line
-    fails until search runs with autocast off (issue 16 item 3): FixedIndex(resident) under autocast ranked 45.8% of
+    against FAISS streaming), the factory check skipped (IVF-PQ64 training takes about a minute here). The autocast
+    line fails until search runs with autocast off (issue 16 item 3): FixedIndex(resident) under autocast ranked 45.8% of
     rows as float32 does on today's code."""
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu", "--checks", "numeric",
                           "--factory-docs", "0", "--workdir", str(tmp_path)],
@@ -78,3 +80,15 @@ def test_numeric_checks_pass_on_the_cpu(tmp_path):
                           "search_embeddings under autocast", "torch stream vs FAISS"}, out.stdout
     assert all(v == "PASS" for v in lines.values()), out.stdout
     assert out.returncode == 0 and "numeric checks: 4 of 4 PASS" in out.stdout, out.stdout
+
+
+@pytest.mark.slow
+def test_every_factory_is_placed_and_searched_on_the_cpu(tmp_path):
+    """Check 4 in --cpu mode: each advertised factory string, where `search_backend` puts it (the CPU here),
+    searched at full nprobe / efSearch 256 against exact search (about 80 s: PQ64 training)."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu", "--checks", "numeric",
+                          "--factory-docs", "20000", "--workdir", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    factories = re.findall(r"^check factory (\S+) +(PASS|FAIL)", out.stdout, re.MULTILINE)
+    assert [f for f, _ in factories] == ["Flat", "IVF64,Flat", "IVF64,PQ64", "HNSW32"], out.stdout
+    assert out.returncode == 0 and "numeric checks: 8 of 8 PASS" in out.stdout, out.stdout
