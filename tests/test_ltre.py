@@ -197,7 +197,7 @@ def test_killed_fit_resumes_without_re_encoding(tmp_path, tiny_beir, tiny_model_
 
     lit_dr("fit", "--config", str(config), "--ckpt_path", str(ckpts / "s4.ckpt"), env={"NO_PAUSE": "1"})
     assert (shard.stat().st_ino, shard.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # not rewritten
-    final, resumed_from = (torch.load(ckpts / name, map_location="cpu", weights_only=False)
+    final, resumed_from = (torch.load(ckpts / name, map_location="cpu", weights_only=True)
                            for name in ("s8.ckpt", "s4.ckpt"))
     assert final["global_step"] == 8
     assert final["ltre_index_source"] == resumed_from["ltre_index_source"]

@@ -142,7 +142,7 @@ def run_with_kill(tmp, tiny_beir, tiny_model_dir, cache_dir, pause_at: str):
 
 
 def final_weights(ckpt_dir: Path) -> dict:
-    return torch.load(ckpt_dir / "s12.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(ckpt_dir / "s12.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
 @pytest.mark.parametrize("pause_at", ["mining", "written"])
