@@ -28,11 +28,10 @@ from lit_dr.encoding import AutocastFactory, encode_store, encode_to_shards
 from lit_dr.search import (
     Processes,
     even_share,
-    gather_rows,
+    gather_results,
     is_exact,
     search_backend,
     search_embeddings,
-    warn_short_results,
 )
 
 log = logging.getLogger(__name__)
@@ -177,7 +176,7 @@ def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Pat
 
     Returns the metrics of `lit_dr.metrics.retrieval_metrics` when `split` names judgments, else None.
     """
-    from lit_dr.faiss_index import check_search_params, import_faiss, search, set_search_params, to_gpu
+    from lit_dr.faiss_index import check_search_params, import_faiss, search, to_gpu
     from lit_dr.metrics import retrieval_metrics, write_trec_run
 
     procs = procs or Processes()
@@ -208,12 +207,8 @@ def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Pat
         index = import_faiss().read_index(str(index_dir / "index.faiss"))
         if search_backend(factory, procs.device) == "faiss-gpu":
             index = to_gpu(index, procs.device.index or 0)
-        if params:
-            set_search_params(index, params, factory)
-        d, i = search(index, local.numpy(), k)
-        scores, ranked = gather_rows(d, procs), gather_rows(i, procs)
-        if procs.rank == 0:
-            warn_short_results(ranked, k, f"{factory} search")
+        d, i = search(index, local.numpy(), k, params=params)  # params checked above, naming the factory
+        scores, ranked = gather_results(d, i, k, f"{factory} search", procs)
     if procs.rank != 0:
         return None
     doc_ids = np.load(index_dir / "ids.npy")

@@ -199,6 +199,15 @@ def gather_rows(local: np.ndarray, procs: Processes) -> np.ndarray:
     return np.concatenate([gathered[r, :c] for r, c in enumerate(counts)])
 
 
+def gather_results(d: np.ndarray, i: np.ndarray, k: int, what: str, procs: Processes) -> tuple[np.ndarray, np.ndarray]:
+    """This process's (Q_r, k) scores and rows gathered with every process's, in rank order, on every process;
+    process 0 warns when some queries got fewer than k results (`warn_short_results`). Collective."""
+    d, i = gather_rows(d, procs), gather_rows(i, procs)
+    if procs.rank == 0:
+        warn_short_results(i, k, what)
+    return d, i
+
+
 def search_embeddings(
     embeddings: EmbeddingShards,
     local_queries: np.ndarray,
@@ -223,10 +232,7 @@ def search_embeddings(
     else:
         index = shared_index(embeddings, factory, procs, gpu=backend == "faiss-gpu")
         d, i = search(index, local_queries, k, params=params)
-    d, i = gather_rows(d, procs), gather_rows(i, procs)
-    if procs.rank == 0:
-        warn_short_results(i, k, f"{factory} search")
-    return d, i
+    return gather_results(d, i, k, f"{factory} search", procs)
 
 
 class FixedIndex:
