@@ -45,7 +45,7 @@ SEPARATE_TOWERS = ["--model.init_args.doc_encoder=lit_dr.Encoder",
 # Command 1 before issue 9: a constant 2e-5 after 10 warm-up steps (now written out: the configs moved on).
 # (The scheduler as a whole: jsonargparse reads `init_args.total_steps=null` on the command line as a string.)
 OLD = ["--model.init_args.optimizer.init_args.lr=2e-5", '--model.init_args.scheduler={"class_path": '
-       '"lit_dr.schedulers.LinearWarmup", "init_args": {"warmup_steps": 10, "total_steps": null}}']
+       '"lit_dr.training.schedulers.LinearWarmup", "init_args": {"warmup_steps": 10, "total_steps": null}}']
 
 # name: (objective config, overrides)
 RUNS: dict[str, tuple[str, list[str]]] = {
@@ -94,8 +94,8 @@ def result(name: str, out: Path) -> tuple[dict[str, float], int, Path] | None:
 
 
 def table(names: list[str], out: Path, baseline: str | None) -> None:
-    from lit_dr.analysis import ndcg_per_query, per_query_differences, split_qrels
-    from lit_dr.metrics import read_trec_run
+    from lit_dr.evaluation.analysis import ndcg_per_query, per_query_differences, split_qrels
+    from lit_dr.evaluation.metrics import read_trec_run
 
     qrels = split_qrels("scifact", "dev")
     done = {n: r for n in names if (r := result(n, out))}

@@ -20,7 +20,7 @@ commands. A failure prints the tail of that process's stderr and the check goes 
 The bugs this guards against showed only on CUDA under NCCL, after training, at the first corpus encoding (a bf16
 autocast context reused per batch; torchmetrics syncing CPU tensors): hence every command and a refresh for all.
 
-By default it writes its own data (`lit_dr.synthetic.write_beir`: 256 documents, 96 queries or 48 per process if
+By default it writes its own data (`lit_dr.data.synthetic.write_beir`: 256 documents, 96 queries or 48 per process if
 more, a dev split carved from training, 4 test queries) and model (`build_tiny_bert`, trained at lr 3e-3 so that
 4 steps show in the metrics) into a work directory, so it needs no network. `--data DIR` (a BEIR folder; without
 `qrels/test.tsv`, as our SciFact, `validate` stands in for `test`), `--model DIR` and `--max-length` (document
@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVES = ("bm25neg", "samtone", "ance", "dance_stage1", "dance", "ltre")
 WARM_STARTED = ("ance", "dance_stage1", "dance", "ltre")
 FIXED_INDEX = ("ltre",)  # the corpus is encoded once, at the start of the fit: nothing to refresh
-REFRESH = "lit_dr.callbacks.NegativeRefresh"
+REFRESH = "lit_dr.training.NegativeRefresh"
 STDERR_LINES = 40
 
 
@@ -86,7 +86,7 @@ class Outcome:
 def header(cpu: bool) -> str:
     import torch
 
-    from lit_dr.search import search_backend
+    from lit_dr.index.search import search_backend
 
     if torch.cuda.is_available():
         n = torch.cuda.device_count()
@@ -294,7 +294,7 @@ def random_shards(directory: Path, docs, world_size: int):
     """`docs` (N, H) float32 written as `world_size` shards, as a corpus encoding by that many processes leaves it."""
     import numpy as np
 
-    from lit_dr.embeddings import (
+    from lit_dr.index.embeddings import (
         EmbeddingShards,
         finish_shard,
         open_shard_for_writing,
@@ -371,7 +371,7 @@ def check_autocast_search(device, work: Path) -> list[Check]:
     import numpy as np
     import torch
 
-    from lit_dr.search import FixedIndex, Processes, search_embeddings
+    from lit_dr.index.search import FixedIndex, Processes, search_embeddings
 
     rng = np.random.default_rng(1)
     docs = rng.standard_normal((2000, 64), dtype=np.float32)
@@ -401,7 +401,7 @@ def check_torch_vs_faiss_stream(device, work: Path) -> Check:
     (float32 dot products of 64 terms summed in another order; a TF32 matmul would differ by ~1e-3)."""
     import numpy as np
 
-    from lit_dr.search import exact_search_stream
+    from lit_dr.index.search import exact_search_stream
 
     rng = np.random.default_rng(2)
     docs = rng.standard_normal((20_000, 64), dtype=np.float32)
@@ -432,8 +432,8 @@ def check_factories(device, n_docs: int) -> list[Check]:
     import numpy as np
     import torch
 
-    from lit_dr import faiss_index
-    from lit_dr.search import search_backend
+    from lit_dr.index import faiss_index
+    from lit_dr.index.search import search_backend
 
     faiss = faiss_index.import_faiss()
     gpu_supported = getattr(faiss_index, "gpu_supported", None)
@@ -446,7 +446,7 @@ def check_factories(device, n_docs: int) -> list[Check]:
     nlist = 64
     checks = []
     if gpu_supported is None:
-        print("check factories: lit_dr.faiss_index.gpu_supported not available (not merged yet): the decision is "
+        print("check factories: lit_dr.index.faiss_index.gpu_supported not available (not merged yet): the decision is "
               "search_backend's alone", flush=True)
     for template, bound in FACTORY_RECALL.items():
         factory = template.format(n=nlist)
@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     (work / "logs").mkdir(parents=True, exist_ok=True)
     env = subprocess_env(args.cpu, work / "cache")
     if args.data is None:
-        from lit_dr.synthetic import write_beir
+        from lit_dr.data.synthetic import write_beir
 
         n_queries = max(args.queries, 48 * world)
         data = write_beir(work / "data", n_docs=max(args.docs, n_queries), n_queries=n_queries, test=True)
@@ -575,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is None:
         from transformers.utils.logging import disable_progress_bar
 
-        from lit_dr.synthetic import build_tiny_bert
+        from lit_dr.data.synthetic import build_tiny_bert
 
         disable_progress_bar()
         model = build_tiny_bert(work / "tiny-bert")

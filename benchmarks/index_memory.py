@@ -2,7 +2,7 @@
 
     python benchmarks/index_memory.py --size 1000000 [--code_root /work/base] [--factory Flat]
 
-The corpus (`lit_dr.synthetic.write_random_corpus`, MS MARCO-like passage lengths) and its token cache are written
+The corpus (`lit_dr.data.synthetic.write_random_corpus`, MS MARCO-like passage lengths) and its token cache are written
 once under `--workdir`; the model is the tiny test BERT with a 768-wide projection (a lit_dr checkpoint), so the
 embeddings are as wide as MS MARCO models' while encoding stays cheap. `lit-dr index` then runs in a child process
 (`python -m lit_dr index`, with `--code_root` first on its path: /work/base for the code before a change) while a
@@ -33,8 +33,8 @@ def prepare(workdir: Path, size: int) -> tuple[Path, Path]:
 
     from lit_dr import BM25Negatives, Encoder, RetrievalDataModule
     from lit_dr.data.token_store import cached_store
-    from lit_dr.inference import load_towers
-    from lit_dr.synthetic import build_tiny_bert, write_beir, write_random_corpus
+    from lit_dr.commands.inference import load_towers
+    from lit_dr.data.synthetic import build_tiny_bert, write_beir, write_random_corpus
 
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt, model_dir = workdir / "tiny768.ckpt", workdir / "tiny-bert"
@@ -68,7 +68,7 @@ def read_anon_kb() -> int:
 def child(argv: list[str]) -> None:
     """Run `lit-dr index argv` in this process while sampling RssAnon; print the peak as JSON on the last line."""
     import lit_dr
-    from lit_dr.commands import run_command
+    from lit_dr.commands.standalone import run_command
 
     start_kb = peak = read_anon_kb()
     stop = threading.Event()

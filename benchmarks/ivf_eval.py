@@ -44,10 +44,10 @@ def main() -> None:
     args = p.parse_args()
 
     from lit_dr import RetrievalDataModule
-    from lit_dr.encoding import encode_store
-    from lit_dr.faiss_index import build_index, search
-    from lit_dr.metrics import retrieval_metrics
-    from lit_dr.search import warn_short_results
+    from lit_dr.index.encoding import encode_store
+    from lit_dr.index.faiss_index import build_index, search
+    from lit_dr.evaluation.metrics import retrieval_metrics
+    from lit_dr.index.search import warn_short_results
 
     encode_q, encode_d, tokenizer = encoders(args.checkpoint)
     dm = RetrievalDataModule(args.data, tokenizer=tokenizer, query_max_length=64, doc_max_length=128,

@@ -84,7 +84,7 @@ def random_model(directory: Path) -> str:
     """MiniLM's architecture and tokenizer with random weights, saved once for all configurations."""
     from transformers import AutoConfig, AutoModel
 
-    from lit_dr.encoder import resolve_model_path
+    from lit_dr.models.encoder import resolve_model_path
 
     path = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
     AutoModel.from_config(AutoConfig.from_pretrained(path)).save_pretrained(directory)

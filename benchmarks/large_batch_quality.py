@@ -21,7 +21,7 @@ METRICS = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
 
 def fit_for(minutes: float, *overrides: str) -> tuple[dict[str, float], int, float]:
     """(dev metrics, optimizer steps, training seconds) of one time-boxed fit, then one dev evaluation."""
-    from lit_dr.cli import run
+    from lit_dr.commands.cli import run
 
     start = time.perf_counter()
     budget = f"00:00:{int(minutes):02d}:{int(minutes % 1 * 60):02d}"

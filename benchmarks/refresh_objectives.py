@@ -25,7 +25,7 @@ def last_checkpoint(trainer) -> str:
 
 
 def cli(*args: str):
-    from lit_dr.cli import run
+    from lit_dr.commands.cli import run
 
     return run([*args, "--config", str(ROOT / "configs/logger/csv.yaml"), "--trainer.enable_progress_bar=false"])
 
@@ -35,7 +35,7 @@ def metrics_of(run) -> dict[str, float]:
 
 
 def fit(config: str, warm_start: str):
-    from lit_dr.callbacks import NegativeRefresh
+    from lit_dr.training import NegativeRefresh
 
     start = time.perf_counter()
     run = cli("fit", "--config", str(ROOT / config), f"--model.init_args.init_checkpoint={warm_start}")

@@ -3,7 +3,7 @@
     python benchmarks/scale_refresh.py [--sizes 100000 300000 1000000] [--procs 1 2] [--queries 2000]
     python benchmarks/scale_refresh.py --quick      # 2,000 documents, 1 process, 200 queries: a smoke run
 
-For each corpus size a random BEIR corpus (`lit_dr.synthetic.write_random_corpus`, MS MARCO-like passage
+For each corpus size a random BEIR corpus (`lit_dr.data.synthetic.write_random_corpus`, MS MARCO-like passage
 lengths) is written and tokenized once under `--workdir`. For each process count, `python -m lit_dr fit` runs one
 optimizer step of `BM25Negatives` with a `NegativeRefresh` before it (Flat index, top 200, 20 negatives) on the
 tiny test BERT with a 768-wide projection, so embeddings are as wide as MS MARCO models' while encoding stays
@@ -39,7 +39,7 @@ MB = 2**20
 
 
 def build_model(workdir: Path) -> str:
-    from lit_dr.synthetic import build_tiny_bert
+    from lit_dr.data.synthetic import build_tiny_bert
 
     path = workdir / "tiny-bert"
     if not (path / "config.json").exists():
@@ -49,8 +49,8 @@ def build_model(workdir: Path) -> str:
 
 def build_corpus(workdir: Path, size: int, queries: int, model_dir: str) -> tuple[Path, float, float]:
     """The data set for `size` documents, written and tokenized once; returns (root, write s, tokenize s)."""
-    from lit_dr.data.datamodule import RetrievalDataModule
-    from lit_dr.synthetic import write_random_corpus
+    from lit_dr.training.datamodule import RetrievalDataModule
+    from lit_dr.data.synthetic import write_random_corpus
 
     root = workdir / "data" / f"n{size}-q{queries}"
     write_s = 0.0
@@ -75,7 +75,7 @@ def fit_config(run: Path, data: Path, model_dir: str, workdir: Path, procs: int)
         "default_root_dir": str(run),
         "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run / "logs")}},
         "callbacks": [
-            {"class_path": "lit_dr.callbacks.NegativeRefresh", "init_args": {
+            {"class_path": "lit_dr.training.NegativeRefresh", "init_args": {
                 "every_n_steps": 1000, "before_first_step": True, "depth": 200, "num_negatives": 20,
                 "index_factory": "Flat", "table_dir": str(run / "negatives")}},
             {"class_path": "memory_probe.MemoryProbe", "init_args": {"out_dir": str(run)}},

@@ -32,7 +32,10 @@ def main() -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="parity-"))
 
-    from lit_dr.cli import run
+    try:
+        from lit_dr.commands.cli import run
+    except ImportError:  # a checkout from before the package had layers
+        from lit_dr.cli import run
 
     start = time.perf_counter()
     cli = run(["fit", "--config", str(root / "configs/dance.yaml"), "--config", str(root / "configs/logger/csv.yaml"),

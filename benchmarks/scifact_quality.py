@@ -25,16 +25,16 @@ def last_checkpoint(trainer) -> str:
 
 
 def cli(*args: str):
-    from lit_dr.cli import run
+    from lit_dr.commands.cli import run
 
     return run([*args, "--config", str(ROOT / "configs/logger/csv.yaml"), "--trainer.enable_progress_bar=false"])
 
 
 def bm25() -> dict[str, float]:
     from lit_dr import BiEncoderModule, RetrievalDataModule
-    from lit_dr.bm25 import bm25_search
-    from lit_dr.cli import LitDrCLI
-    from lit_dr.metrics import retrieval_metrics
+    from lit_dr.mining.bm25 import bm25_search
+    from lit_dr.commands.cli import LitDrCLI
+    from lit_dr.evaluation.metrics import retrieval_metrics
 
     # The data module exactly as the fine-tuning config builds it (same tokenization, same dev split).
     dm = LitDrCLI(BiEncoderModule, RetrievalDataModule, subclass_mode_model=True, run=False,

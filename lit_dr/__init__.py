@@ -1,8 +1,17 @@
-"""lit_dr: dense retriever training with PyTorch Lightning."""
+"""lit_dr: dense retriever training with PyTorch Lightning.
 
-from lit_dr.data import RetrievalDataModule
-from lit_dr.encoder import Encoder
-from lit_dr.modules import ANCE, DANCE, BiEncoderModule, BM25Negatives, LTRe, SamToNe
+The layers, lowest first (a module imports only from its own layer or lower ones):
+`files` and `data` (data sets, token stores, batches) -> `evaluation`, `index`, `mining`, `models` (metrics; corpus
+embeddings, FAISS and search; negatives from rankings; the encoder and the losses) -> `objectives` (the
+LightningModules) -> `training` (the data module, the refresh callback, schedules) -> `commands` (the CLI, export,
+index / search, pipelines).
+"""
 
-__all__ = ["ANCE", "DANCE", "BiEncoderModule", "BM25Negatives", "Encoder", "LTRe", "RetrievalDataModule", "SamToNe"]
+from lit_dr.commands.export_best import ExportBest
+from lit_dr.models.encoder import Encoder
+from lit_dr.objectives import ANCE, DANCE, BiEncoderModule, BM25Negatives, LTRe, SamToNe
+from lit_dr.training import LinearWarmup, NegativeRefresh, RetrievalDataModule
+
+__all__ = ["ANCE", "DANCE", "BiEncoderModule", "BM25Negatives", "Encoder", "ExportBest", "LTRe", "LinearWarmup",
+           "NegativeRefresh", "RetrievalDataModule", "SamToNe"]
 __version__ = "0.1.0"

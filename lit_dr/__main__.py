@@ -1,3 +1,3 @@
-from lit_dr.cli import main
+from lit_dr.commands.cli import main
 
 main()

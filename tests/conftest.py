@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_dr.synthetic import build_tiny_bert, synthetic_words, write_beir  # noqa: F401 (tests import them)
+from lit_dr.data.synthetic import build_tiny_bert, synthetic_words, write_beir  # noqa: F401 (tests import them)
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 import lightning as L
 
-from lit_dr.callbacks import NegativeRefresh
+from lit_dr.training import NegativeRefresh
 
 
 class PausingRefresh(NegativeRefresh):

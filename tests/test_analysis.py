@@ -1,4 +1,4 @@
-"""The notebooks' arithmetic (`lit_dr.analysis`): per-query nDCG against pytrec_eval, the rest against loops."""
+"""The notebooks' arithmetic (`lit_dr.evaluation.analysis`): per-query nDCG against pytrec_eval, the rest against loops."""
 
 import itertools
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_dr.analysis import (
+from lit_dr.evaluation.analysis import (
     ndcg_per_query,
     per_query_differences,
     phase_names,

@@ -9,8 +9,8 @@ import torch
 
 from lit_dr import ANCE, DANCE, Encoder, RetrievalDataModule
 from lit_dr.data.batches import TokenBatch, TrainBatch
-from lit_dr.losses import alignment, dual_two_way_nll, info_nce, two_way_nll, uniformity
-from lit_dr.modules.dance import embedding_geometry
+from lit_dr.models.losses import alignment, dual_two_way_nll, info_nce, two_way_nll, uniformity
+from lit_dr.objectives.dance import embedding_geometry
 
 
 def embeddings(n, h=8, seed=0, unit=False):

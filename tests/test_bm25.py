@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import Stemmer  # noqa: F401 (a dependency: a broken install fails here, never skips)
 
-from lit_dr.bm25 import bm25_cache_key, bm25_search, hard_negatives_from_ranking
+from lit_dr.mining.bm25 import bm25_cache_key, bm25_search, hard_negatives_from_ranking
 
 CORPUS = [
     "The cat sat on the mat and purred.",

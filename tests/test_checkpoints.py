@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lit_dr import BM25Negatives, Encoder, LTRe, RetrievalDataModule
-from lit_dr.callbacks.refresh import NegativeRefresh
+from lit_dr.training.refresh import NegativeRefresh
 
 
 def data(tiny_beir, tiny_model_dir, cache_dir, **kw) -> RetrievalDataModule:
@@ -48,7 +48,7 @@ def assert_same(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_beir(tmp_path_factory) -> Path:
-    from lit_dr.synthetic import write_beir
+    from lit_dr.data.synthetic import write_beir
 
     return write_beir(tmp_path_factory.mktemp("beir") / "tiny", dev=True, test=True)
 
@@ -71,7 +71,7 @@ def ltre(tiny_model_dir, warm: str, tmp_path) -> LTRe:
 
 def test_ltre_stage_validates_tests_resumes_and_exports_after_its_warm_start_is_deleted(
         tiny_beir, tiny_model_dir, cache_dir, tmp_path, warm_start):
-    from lit_dr.export import export_checkpoint
+    from lit_dr.commands.export import export_checkpoint
 
     L.seed_everything(0)
     model = ltre(tiny_model_dir, warm_start, tmp_path)
@@ -169,9 +169,9 @@ class RunsCode:
 
 
 def test_no_lit_dr_loader_runs_a_pickle_in_a_checkpoint(tiny_beir, tiny_model_dir, cache_dir, tmp_path, warm_start):
-    from lit_dr.export import export_checkpoint
-    from lit_dr.inference import load_towers
-    from lit_dr.modules.base import trained_class
+    from lit_dr.commands.export import export_checkpoint
+    from lit_dr.commands.inference import load_towers
+    from lit_dr.objectives.base import trained_class
 
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil.ckpt"
@@ -241,7 +241,7 @@ def test_gradient_checkpointing_is_non_reentrant_and_exact_under_gradient_cachin
 
 # -- the refresh's random generators --------------------------------------------------------------------------------
 def test_each_process_restores_its_own_generator_and_a_missing_one_is_no_error():
-    from lit_dr.callbacks.refresh import restore_rng_state
+    from lit_dr.training.refresh import restore_rng_state
 
     states = {}
     for rank in (0, 1):

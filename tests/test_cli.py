@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from lit_dr import BiEncoderModule, BM25Negatives, RetrievalDataModule
-from lit_dr.cli import LitDrCLI, run
-from lit_dr.metrics import read_trec_run
+from lit_dr.commands.cli import LitDrCLI, run
+from lit_dr.evaluation.metrics import read_trec_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OBJECTIVES = sorted(p for p in CONFIGS.glob("*.yaml"))

@@ -94,7 +94,7 @@ def test_random_negative_queries_are_training_queries_with_one_counted_warning(g
     k = N_TRAIN - 1  # all training queries but the document's own
     dm = make_dm(graded, tiny_model_dir, cache_dir, negatives="none", num_negative_queries=k)
     train = set(dm.split_rows["train"].tolist())
-    with caplog.at_level(logging.WARNING, logger="lit_dr.data.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="lit_dr.training.datamodule"):
         for epoch in range(2):
             dm.epoch = epoch
             batch = dm.train_batch(dm.split_rows["train"])
@@ -110,7 +110,7 @@ def test_random_negative_queries_are_training_queries_with_one_counted_warning(g
     pools = {d0: np.array(sorted(train - dm.relevant_queries(d0)), dtype=np.int64),  # full: 11
              d1: np.array(rows(dm, "q", [2, 3]), dtype=np.int64)}  # short: 2 of 11
     dm.set_negatives(NegativesTable({}, version=1, source="test table", query_candidates=pools))
-    with caplog.at_level(logging.WARNING, logger="lit_dr.data.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="lit_dr.training.datamodule"):
         batches = [dm.train_batch(dm.split_rows["train"]) for _ in range(3)]
     warnings = [r.getMessage() for r in caplog.records if "negative queries" in r.getMessage()]
     assert len(warnings) == 1 and "11 of 12 positive documents" in warnings[0], warnings

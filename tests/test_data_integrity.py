@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from lit_dr import BM25Negatives, Encoder
-from lit_dr.bm25 import bm25_search, hard_negatives_from_ranking
-from lit_dr.data import RetrievalDataModule
+from lit_dr.mining.bm25 import bm25_search, hard_negatives_from_ranking
+from lit_dr.training import RetrievalDataModule
 from lit_dr.data.formats import DataFormatError, dataset_files, iter_texts, read_negatives, read_qrels
 from lit_dr.data.token_store import build_store
 
@@ -268,7 +268,7 @@ def test_concurrent_builders_of_one_store_both_succeed_and_build_once(tmp_path, 
 def test_two_processes_on_a_cold_cache_both_succeed(tmp_path, tiny_beir, tiny_model_dir):
     script = (
         "import sys\n"
-        "from lit_dr.data import RetrievalDataModule\n"
+        "from lit_dr.training import RetrievalDataModule\n"
         "dm = RetrievalDataModule(sys.argv[1], tokenizer=sys.argv[2], cache_dir=sys.argv[3], bm25_depth=10,"
         " show_progress=False)\n"
         "dm.prepare_data(); dm.setup('fit')\n"

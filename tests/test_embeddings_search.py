@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from lit_dr import BM25Negatives, Encoder, RetrievalDataModule
-from lit_dr.callbacks import NegativeRefresh
-from lit_dr.embeddings import EmbeddingShards, token_balanced_bounds
-from lit_dr.encoding import encode_shard, encode_store, encode_to_shards
-from lit_dr.search import Processes, exact_search_stream, gather_rows, search_embeddings
+from lit_dr.training import NegativeRefresh
+from lit_dr.index.embeddings import EmbeddingShards, token_balanced_bounds
+from lit_dr.index.encoding import encode_shard, encode_store, encode_to_shards
+from lit_dr.index.search import Processes, exact_search_stream, gather_rows, search_embeddings
 
 
 def test_token_balanced_bounds_split_the_work_evenly():
@@ -36,7 +36,7 @@ def tiny_corpus(tiny_beir, tiny_model_dir, cache_dir):
 
 @pytest.mark.parametrize(("world_size", "window"), [(1, 65_536), (3, 65_536), (1, 7), (3, 5)])
 def test_shards_hold_what_in_memory_encoding_gives(tiny_corpus, tmp_path, world_size, window, monkeypatch):
-    monkeypatch.setattr("lit_dr.encoding.WRITE_WINDOW", window)  # rows written window by window, in file order
+    monkeypatch.setattr("lit_dr.index.encoding.WRITE_WINDOW", window)  # rows written window by window, in file order
     store, encode = tiny_corpus
     want = encode_store(encode, store, batch_size=16, show_progress=False).numpy()  # (64, 32)
     for rank in range(world_size):  # the processes of a job, one after the other
@@ -64,7 +64,7 @@ def test_float16_files_and_digest(tiny_corpus, tmp_path):
 
 
 def write_random(tmp_path, n: int, h: int, world_size: int, seed: int = 0) -> tuple[EmbeddingShards, np.ndarray]:
-    from lit_dr.embeddings import finish_shard, open_shard_for_writing, shard_path, write_meta
+    from lit_dr.index.embeddings import finish_shard, open_shard_for_writing, shard_path, write_meta
 
     docs = np.random.default_rng(seed).standard_normal((n, h), dtype=np.float32)
     bounds = np.linspace(0, n, world_size + 1).astype(np.int64)
@@ -91,7 +91,7 @@ def test_streamed_exact_search_equals_brute_force(tmp_path, backend):
 
 
 def test_one_block_is_exactly_a_flat_index(tmp_path):
-    from lit_dr.faiss_index import build_index, search
+    from lit_dr.index.faiss_index import build_index, search
 
     shards, docs = write_random(tmp_path, n=500, h=16, world_size=1)
     queries = np.random.default_rng(2).standard_normal((20, 16), dtype=np.float32)
@@ -146,7 +146,7 @@ def test_corpus_is_encoded_once_per_step_within_a_fit(tiny_beir, tiny_model_dir,
 
 @pytest.mark.parametrize("resident", [False, True])  # True: the GPU path (matrix held on the device), on the CPU
 def test_fixed_index_search_and_vectors(tmp_path, resident):
-    from lit_dr.search import FixedIndex
+    from lit_dr.index.search import FixedIndex
 
     shards, docs = write_random(tmp_path, n=700, h=16, world_size=2)
     queries = np.random.default_rng(4).standard_normal((12, 16), dtype=np.float32)

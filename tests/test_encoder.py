@@ -1,6 +1,6 @@
 import torch
 
-from lit_dr.encoder import PACKAGED_MINILM, Encoder, pool, resolve_model_path
+from lit_dr.models.encoder import PACKAGED_MINILM, Encoder, pool, resolve_model_path
 
 
 def test_mean_pooling_ignores_padding():

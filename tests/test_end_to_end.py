@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_dr.cli import run
+from lit_dr.commands.cli import run
 
 from conftest import SCIFACT
 

@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from lit_dr import BiEncoderModule, BM25Negatives, Encoder, RetrievalDataModule, SamToNe
-from lit_dr.cli import main, run
+from lit_dr.commands.cli import main, run
 from lit_dr.data.formats import iter_texts
-from lit_dr.encoding import encode_store
-from lit_dr.export import export_checkpoint
+from lit_dr.index.encoding import encode_store
+from lit_dr.commands.export import export_checkpoint
 
 QUERY_LEN, DOC_LEN = 4, 12  # shorter than the synthetic texts, so truncation at each side's own length matters
 
@@ -93,7 +93,7 @@ def test_model_card(trained, tmp_path, tiny_beir):
     ckpt, ndcg = trained
     main(["export", ckpt, str(tmp_path / "exported")])
     card = (tmp_path / "exported" / "README.md").read_text()
-    assert "lit_dr.modules.bm25neg.BM25Negatives" in card
+    assert "lit_dr.objectives.bm25neg.BM25Negatives" in card
     assert str(tiny_beir) in card
     assert f"| dev ndcg@10 | {ndcg:.4f} |" in card
     assert "temperature: 0.1" in card and "projection_dim: 16" in card  # the run's resolved config
@@ -192,7 +192,7 @@ def test_export_best_callback(tiny_beir, tiny_model_dir, cache_dir, tmp_path):
                f"--data.dataset={tiny_beir}", "--data.train_batch_size=8", "--data.show_progress=false",
                "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",
                "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.default_root_dir={tmp_path}",
-               "--trainer.callbacks+=lit_dr.callbacks.ExportBest"])
+               "--trainer.callbacks+=lit_dr.ExportBest"])
     best = cli.trainer.checkpoint_callback.best_model_path
     record = json.loads((tmp_path / "version_0" / "export" / "lit_dr_export.json").read_text())
     assert record["checkpoint"] == str(Path(best).resolve())

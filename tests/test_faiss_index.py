@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_dr.faiss_index import build_index, exact_search, search, to_gpu
+from lit_dr.index.faiss_index import build_index, exact_search, search, to_gpu
 
 
 def _data(n: int = 1000, q: int = 50, h: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

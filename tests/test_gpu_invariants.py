@@ -20,9 +20,9 @@ import torch
 import torch.distributed as dist
 
 from lit_dr import BM25Negatives, Encoder, RetrievalDataModule
-from lit_dr.encoding import autocast_factory, encode_store
-from lit_dr.metrics import retrieval_metrics, trec_eval_metrics
-from lit_dr.search import search_backend
+from lit_dr.index.encoding import autocast_factory, encode_store
+from lit_dr.evaluation.metrics import retrieval_metrics, trec_eval_metrics
+from lit_dr.index.search import search_backend
 
 
 def one_shot_factory(entered: list[int]):
@@ -103,7 +103,7 @@ def test_bf16_mixed_validation_encodes_every_batch_under_autocast(tiny_beir, tin
     assert 0.05 < oracle["ndcg@10"] < 0.95, oracle  # away from the trivial values, or agreement proves little
     for name, value in oracle.items():
         assert fp32[f"val/{name}"] == pytest.approx(value, abs=1e-5), name
-    monkeypatch.setattr("lit_dr.encoding.autocast_on", lambda device: True)
+    monkeypatch.setattr("lit_dr.index.encoding.autocast_on", lambda device: True)
     bf16 = validate("bf16-mixed")
     # bf16 keeps 8 bits of mantissa: near-tied documents may swap, so a few hundredths on 8 dev queries, no more.
     for name, value in oracle.items():
@@ -142,9 +142,9 @@ def test_metrics_issue_no_collective(process_group_without_collectives):
 
 
 def test_search_follows_the_model_onto_the_gpu(monkeypatch, caplog):
-    import lit_dr.search
+    import lit_dr.index.search
 
-    monkeypatch.setattr(lit_dr.search, "_warned", set())
+    monkeypatch.setattr(lit_dr.index.search, "_warned", set())
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 1)
     assert search_backend("Flat", cpu) == search_backend("IVF64,PQ8", cpu) == "faiss"
     assert search_backend("Flat", cuda) == "torch"  # no GPU build of FAISS needed for exact search
@@ -152,7 +152,7 @@ def test_search_follows_the_model_onto_the_gpu(monkeypatch, caplog):
     if hasattr(faiss, "StandardGpuResources"):
         assert search_backend("IVF64,PQ8", cuda) == "faiss-gpu"
         return
-    with caplog.at_level(logging.WARNING, logger="lit_dr.search"):
+    with caplog.at_level(logging.WARNING, logger="lit_dr.index.search"):
         assert search_backend("IVF64,PQ8", cuda) == "faiss"
         assert search_backend("IVF64,PQ8", cuda) == "faiss"
     assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1  # said once, not per search
@@ -161,7 +161,7 @@ def test_search_follows_the_model_onto_the_gpu(monkeypatch, caplog):
 
 def test_gpu_faiss_index_goes_to_the_process_own_device(monkeypatch):
     """Under DDP each process must put its index on its own GPU, not clone it onto every GPU of the node."""
-    import lit_dr.faiss_index as fi
+    import lit_dr.index.faiss_index as fi
 
     calls = []
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from lit_dr import BM25Negatives, Encoder, RetrievalDataModule
-from lit_dr.cli import main
-from lit_dr.embeddings import EmbeddingShards
-from lit_dr.inference import index_corpus, search_index
-from lit_dr.metrics import read_trec_run
+from lit_dr.commands.cli import main
+from lit_dr.index.embeddings import EmbeddingShards
+from lit_dr.commands.inference import index_corpus, search_index
+from lit_dr.evaluation.metrics import read_trec_run
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ def test_index_and_search_match_evaluation(checkpoint, tiny_beir, tmp_path):
     emb = index_corpus(ckpt, tiny_beir, tmp_path / "index", show_progress=False)
     assert len(emb) == len(dm.corpus) and not (tmp_path / "index" / "index.faiss").exists()  # Flat: no index file
     # The corpus embeddings of evaluation's own mechanism, from the data module's token cache.
-    from lit_dr.encoding import encode_store
+    from lit_dr.index.encoding import encode_store
 
     model.eval()
     expected = encode_store(model.encode_docs, dm.corpus, show_progress=False).numpy()
@@ -54,7 +54,7 @@ def test_index_and_search_match_evaluation(checkpoint, tiny_beir, tmp_path):
     # Evaluation's figure over the dev queries equals the one computed from this run on the same queries.
     dev = {str(dm.queries.ids[r]) for r in dm.split_rows["dev"]}
     from lit_dr.data.formats import read_qrels
-    from lit_dr.metrics import trec_eval_metrics
+    from lit_dr.evaluation.metrics import trec_eval_metrics
 
     qrels = {q: r for q, r in read_qrels(tiny_beir / "qrels" / "train.tsv").items() if q in dev}
     assert trec_eval_metrics({q: run[q] for q in dev}, qrels)["ndcg@10"] == pytest.approx(ndcg, abs=1e-6)
@@ -110,7 +110,7 @@ def tiny_fit_args(tiny_beir, tiny_model_dir, *extra):
 
 
 def test_default_root_dir_places_the_run_and_the_command_line_wins(tiny_beir, tiny_model_dir, cache_dir, tmp_path):
-    from lit_dr.cli import run
+    from lit_dr.commands.cli import run
 
     cli = run(["fit", *tiny_fit_args(tiny_beir, tiny_model_dir), f"--trainer.default_root_dir={tmp_path / 'root'}"])
     ckpt = torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=True, mmap=True)

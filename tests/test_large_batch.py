@@ -1,4 +1,4 @@
-"""Large batches (`lit_dr.large_batch`): gradient caching gives the uncached gradient with dropout on, for every
+"""Large batches (`lit_dr.models.large_batch`): gradient caching gives the uncached gradient with dropout on, for every
 objective and through a fit with accumulation and clipping; negatives shared by 2 gloo processes give the gradient
 of one process on the concatenated batch, with the false-negative mask spanning processes."""
 
@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from lit_dr import ANCE, DANCE, BM25Negatives, Encoder, LTRe, RetrievalDataModule, SamToNe, large_batch
+from lit_dr import ANCE, DANCE, BM25Negatives, Encoder, LTRe, RetrievalDataModule, SamToNe
+from lit_dr.models import large_batch
 from lit_dr.data.batches import TokenBatch
-from lit_dr.synthetic import write_beir
+from lit_dr.data.synthetic import write_beir
 
 TESTS = Path(__file__).resolve().parent
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\(\)`")

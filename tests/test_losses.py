@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lit_dr.losses import info_nce, same_tower_info_nce
+from lit_dr.models.losses import info_nce, same_tower_info_nce
 
 
 def batch(b=5, g=3, h=8, seed=0):

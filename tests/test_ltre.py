@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_dr import BM25Negatives, Encoder, LTRe, RetrievalDataModule
-from lit_dr.modules.ltre import ranked_lists
+from lit_dr.objectives.ltre import ranked_lists
 
 
 def test_ranked_lists_append_unretrieved_positives_after_the_depth():

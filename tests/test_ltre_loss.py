@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from lit_dr.losses import listwise_softmax_loss, ltre_pairwise_loss
+from lit_dr.models.losses import listwise_softmax_loss, ltre_pairwise_loss
 
 DEPTH = 6
 

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from lit_dr import BM25Negatives, Encoder, RetrievalDataModule, SamToNe
 from lit_dr.data.batches import TokenBatch, TrainBatch
-from lit_dr.modules.base import BiEncoderModule
+from lit_dr.objectives.base import BiEncoderModule
 
 
 def tiny_trainer(tmp_path, **kw) -> L.Trainer:

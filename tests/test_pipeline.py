@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import lit_dr.pipeline
-from lit_dr.cli import run
-from lit_dr.pipeline import fit_command, load_pipeline, run_pipeline
+import lit_dr.commands.pipeline
+from lit_dr.commands.cli import run
+from lit_dr.commands.pipeline import fit_command, load_pipeline, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = sorted((REPO / "configs" / "pipelines").glob("*.yaml"))
@@ -64,7 +64,7 @@ def test_mistakes_are_named_before_anything_runs(tmp_path, monkeypatch, stages, 
         raw["stages"] = [{**s, "configs": [str(config) if c == "C" else c for c in s["configs"]]} for s in stages]
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(raw))
-    monkeypatch.setattr(lit_dr.pipeline, "run_fit", lambda command: pytest.fail("a stage ran"))
+    monkeypatch.setattr(lit_dr.commands.pipeline, "run_fit", lambda command: pytest.fail("a stage ran"))
     with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: {where}"):
         run_pipeline(path)
 
@@ -107,7 +107,7 @@ def test_two_stages_chain_through_the_best_checkpoint_and_rerun_skips(tmp_path, 
     assert resolved["model"]["init_args"]["init_checkpoint"] == first["best_model_path"]
     assert "best dev nDCG@10" in capsys.readouterr().out  # the summary table
 
-    monkeypatch.setattr(lit_dr.pipeline, "run_fit", lambda command: pytest.fail(f"ran {command}"))
+    monkeypatch.setattr(lit_dr.commands.pipeline, "run_fit", lambda command: pytest.fail(f"ran {command}"))
     assert run_pipeline(path) == outcomes
     out = capsys.readouterr().out
     assert f"stage bm25neg done: {first['best_model_path']} (val/ndcg@10 = " in out
@@ -119,12 +119,12 @@ def test_a_failed_stage_or_one_without_a_best_checkpoint_stops_the_pipeline(tmp_
     config.write_text("{}")
     path = write_pipeline(tmp_path, [{"name": "a", "configs": [str(config)]},
                                      {"name": "b", "configs": [str(config)], "warm_start": "a"}])
-    monkeypatch.setattr(lit_dr.pipeline, "run_fit", lambda command: 3)
-    with pytest.raises(lit_dr.pipeline.PipelineError, match="stage 'a' failed with exit code 3"):
+    monkeypatch.setattr(lit_dr.commands.pipeline, "run_fit", lambda command: 3)
+    with pytest.raises(lit_dr.commands.pipeline.PipelineError, match="stage 'a' failed with exit code 3"):
         run_pipeline(path)
     # A fit that never validated: its fit.json has no best checkpoint, and last.ckpt is no substitute.
     (tmp_path / "runs" / "a" / "v0").mkdir(parents=True)
     (tmp_path / "runs" / "a" / "v0" / "fit.json").write_text(json.dumps(
         {"best_model_path": None, "best_model_score": None, "monitor": None, "last_model_path": str(config)}))
-    with pytest.raises(lit_dr.pipeline.PipelineError, match="stage 'a' has no best checkpoint.*check_val_every_n"):
+    with pytest.raises(lit_dr.commands.pipeline.PipelineError, match="stage 'a' has no best checkpoint.*check_val_every_n"):
         run_pipeline(path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_dr.synthetic import write_beir
+from lit_dr.data.synthetic import write_beir
 
 TESTS = Path(__file__).resolve().parent
 

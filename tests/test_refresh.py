@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from lit_dr.mining import load_table, overlap, sample_negatives, save_table, table_digest
+from lit_dr.mining.miners import load_table, overlap, sample_negatives, save_table, table_digest
 
 TESTS = Path(__file__).resolve().parent
 
@@ -38,7 +38,7 @@ def test_sample_negatives_is_uniform_and_seeded():
 
 
 def test_mined_negatives_match_brute_force_topk():
-    from lit_dr.faiss_index import build_index, search
+    from lit_dr.index.faiss_index import build_index, search
 
     gen = torch.Generator().manual_seed(0)
     docs, queries = torch.randn(300, 16, generator=gen), torch.randn(20, 16, generator=gen)
@@ -61,7 +61,7 @@ def test_mined_negatives_match_brute_force_topk():
 def test_refresh_knows_when_the_fit_is_over(max_steps, max_epochs, step, last_batch, epoch, finished):
     from types import SimpleNamespace
 
-    from lit_dr.callbacks import NegativeRefresh
+    from lit_dr.training import NegativeRefresh
 
     trainer = SimpleNamespace(max_steps=max_steps, max_epochs=max_epochs, global_step=step, is_last_batch=last_batch,
                               current_epoch=epoch)

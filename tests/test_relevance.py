@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lit_dr import DANCE, Encoder, RetrievalDataModule
-from lit_dr.callbacks import NegativeRefresh
+from lit_dr.training import NegativeRefresh
 
 from conftest import write_beir
 

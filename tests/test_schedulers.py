@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lit_dr import BM25Negatives, Encoder, RetrievalDataModule
-from lit_dr.schedulers import LinearWarmup, linear_warmup_factor
+from lit_dr.training.schedulers import LinearWarmup, linear_warmup_factor
 
 
 def test_factor_warms_up_then_holds_or_decays():

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-import lit_dr.faiss_index as fi  # its new names read per test: each test fails alone on the code before them
+import lit_dr.index.faiss_index as fi  # its new names read per test: each test fails alone on the code before them
 from lit_dr import DANCE, BM25Negatives, Encoder, RetrievalDataModule
-from lit_dr.callbacks import NegativeRefresh
-from lit_dr.embeddings import EmbeddingShards, finish_shard, open_shard_for_writing, shard_path, write_meta
-from lit_dr.inference import index_corpus, search_index
-from lit_dr.metrics import read_trec_run
-from lit_dr.search import FixedIndex, exact_search_stream, search_backend, search_embeddings
+from lit_dr.training import NegativeRefresh
+from lit_dr.index.embeddings import EmbeddingShards, finish_shard, open_shard_for_writing, shard_path, write_meta
+from lit_dr.commands.inference import index_corpus, search_index
+from lit_dr.evaluation.metrics import read_trec_run
+from lit_dr.index.search import FixedIndex, exact_search_stream, search_backend, search_embeddings
 
 TRAINER = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                accelerator="cpu")
@@ -48,17 +48,17 @@ def test_gpu_supported(factory, supported):
 
 
 def test_search_backend_keeps_unsupported_indexes_on_the_cpu(monkeypatch, caplog):
-    import lit_dr.search
+    import lit_dr.index.search
 
     class GpuFaiss:  # a FAISS with a GPU build, as far as `search_backend` can tell
         StandardGpuResources = object
 
-    monkeypatch.setattr(lit_dr.search, "import_faiss", lambda: GpuFaiss)
-    monkeypatch.setattr(lit_dr.search, "_warned", set())
+    monkeypatch.setattr(lit_dr.index.search, "import_faiss", lambda: GpuFaiss)
+    monkeypatch.setattr(lit_dr.index.search, "_warned", set())
     cuda = torch.device("cuda", 0)
     assert search_backend("IVF64,PQ64", cuda) == "faiss-gpu"
     assert search_backend("Flat", cuda) == "torch"
-    with caplog.at_level(logging.WARNING, logger="lit_dr.search"):
+    with caplog.at_level(logging.WARNING, logger="lit_dr.index.search"):
         assert search_backend("HNSW32", cuda) == "faiss"
         assert search_backend("HNSW32", cuda) == "faiss"
     messages = [r.getMessage() for r in caplog.records]
@@ -116,14 +116,14 @@ def test_fixed_index_sets_nprobe_on_the_cpu_index(tmp_path):
 
 def test_short_results_are_counted_in_one_warning(tmp_path, caplog):
     shards, queries = shards_of(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="lit_dr.search"):
+    with caplog.at_level(logging.WARNING, logger="lit_dr.index.search"):
         _, rows = search_embeddings(shards, queries, 400, "IVF8,Flat", params={"nprobe": 1})
     filled = (rows >= 0).sum(1)
     assert (filled < 400).all()  # one list of 8: about 50 of 400 documents
     expected = f"12 of 12 queries got fewer than k=400 results (mean {filled.mean():.1f}); raise nprobe/efSearch"
     assert [r.getMessage() for r in caplog.records] == [f"IVF8,Flat search: {expected}"]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="lit_dr.search"):
+    with caplog.at_level(logging.WARNING, logger="lit_dr.index.search"):
         search_embeddings(shards, queries, 400, "IVF8,Flat", params={"nprobe": 8})
         search_embeddings(shards, queries, 400, "Flat")
     assert not caplog.records
@@ -230,7 +230,7 @@ def test_lit_dr_index_and_search_apply_search_params(checkpoint, tiny_beir, tmp_
     assert json.loads((tmp_path / "ivf" / "index.json").read_text())["search_params"] == {"nprobe": 4}
     runs = {}
     for name, index, params in (("flat", "flat", None), ("recorded", "ivf", None), ("one", "ivf", {"nprobe": 1})):
-        with caplog.at_level(logging.WARNING, logger="lit_dr.search"):
+        with caplog.at_level(logging.WARNING, logger="lit_dr.index.search"):
             search_index(tmp_path / index, tiny_beir, tmp_path / f"{name}.trec", search_params=params,
                          show_progress=False)
         runs[name] = {q: list(d) for q, d in read_trec_run(tmp_path / f"{name}.trec").items()}

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_dr.cli import LitDrCLI
-from lit_dr.data.datamodule import RetrievalDataModule
-from lit_dr.modules.base import BiEncoderModule
+from lit_dr.commands.cli import LitDrCLI
+from lit_dr.training.datamodule import RetrievalDataModule
+from lit_dr.objectives.base import BiEncoderModule
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))

@@ -1,4 +1,6 @@
-from lit_dr.data.batches import EncodeBatch, TokenBatch, TrainBatch
-from lit_dr.data.datamodule import NegativesTable, RetrievalDataModule
+"""Data sets on disk: readers (BEIR, MS MARCO), judgments, token stores, batches and how examples are drawn."""
 
-__all__ = ["EncodeBatch", "NegativesTable", "RetrievalDataModule", "TokenBatch", "TrainBatch"]
+from lit_dr.data.batches import EncodeBatch, TokenBatch, TrainBatch
+from lit_dr.data.sampling import NegativesTable
+
+__all__ = ["EncodeBatch", "NegativesTable", "TokenBatch", "TrainBatch"]

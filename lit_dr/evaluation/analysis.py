@@ -21,13 +21,13 @@ def ndcg_per_query(
     run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]], k: int = 10
 ) -> dict[str, float]:
     """trec_eval's `ndcg_cut_k` for each query of `qrels` with a relevant document (the conventions of
-    `lit_dr.metrics`): DCG = sum_{r <= k} gain_r / log2(r + 1) over the run's ranking, divided by the DCG of the
+    `lit_dr.evaluation.metrics`): DCG = sum_{r <= k} gain_r / log2(r + 1) over the run's ranking, divided by the DCG of the
     ideal ranking of the judged gains. Gains are the grades (linear), grades <= 0 count 0. A query absent from
     the run scores 0. Ties rank as trec_eval ranks them: by document id, descending. Computed here rather than by
     pytrec_eval, a test-only dependency; the tests hold the two to 1e-12.
 
     Args:
-        run: {qid: {docid: score}} (`lit_dr.metrics.read_trec_run`).  qrels: {qid: {docid: grade}}.
+        run: {qid: {docid: score}} (`lit_dr.evaluation.metrics.read_trec_run`).  qrels: {qid: {docid: grade}}.
     """
     out = {}
     for qid, judged in qrels.items():
@@ -104,7 +104,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def refresh_columns(records: Iterable[Mapping]) -> dict[str, np.ndarray]:
-    """`refreshes.jsonl` records (`lit_dr.callbacks.NegativeRefresh`) as float columns, one row per generation in
+    """`refreshes.jsonl` records (`lit_dr.training.NegativeRefresh`) as float columns, one row per generation in
     order. A resumed run that reloads a generation's table appends that generation again with `reused` and
     without the mining figures: records of one generation are merged, later fields over earlier ones, so the
     figures of the mining itself stay. A field no record of a generation has (the DANCE-only

@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from lit_dr.atomic import atomic_file
+from lit_dr.files import atomic_file
 
 EmbeddingDtype = Literal["float32", "float16"]
 
@@ -71,7 +71,7 @@ class EmbeddingShards:
     """Read side: the shards of a directory seen as one (N, H) array, in store-row order, never loaded whole.
 
     Indexing (`emb[rows]`, `emb[a:b]`) returns float32 copies of just those rows, so FAISS helpers that take
-    an array (`lit_dr.faiss_index.build_index`) take this too.
+    an array (`lit_dr.index.faiss_index.build_index`) take this too.
     """
 
     def __init__(self, directory: str | Path) -> None:

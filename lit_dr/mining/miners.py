@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lit_dr.atomic import atomic_file
+from lit_dr.files import atomic_file
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from lit_dr.data.batches import TrainBatch
-from lit_dr.losses import same_tower_info_nce
-from lit_dr.modules.base import BiEncoderModule
+from lit_dr.models.losses import same_tower_info_nce
+from lit_dr.objectives.base import BiEncoderModule
 
 
 class SamToNe(BiEncoderModule):

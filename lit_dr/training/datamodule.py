@@ -118,7 +118,7 @@ class RetrievalDataModule(L.LightningDataModule):
 
         if self.hparams.tokenizer is None:
             raise ValueError("RetrievalDataModule needs `tokenizer` (the CLI links it to the model's encoder)")
-        from lit_dr.encoder import resolve_model_path
+        from lit_dr.models.encoder import resolve_model_path
 
         return AutoTokenizer.from_pretrained(resolve_model_path(self.hparams.tokenizer))
 
@@ -223,7 +223,7 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def _bm25_negatives(self, train: np.ndarray) -> NegativesTable:
         """BM25 over exactly the stored corpus rows, in store order, so its row numbers are the store's."""
-        from lit_dr.bm25 import bm25_search, hard_negatives_from_ranking
+        from lit_dr.mining.bm25 import bm25_search, hard_negatives_from_ranking
 
         depth = self.hparams.bm25_depth
         _, ranked = bm25_search(list(self.corpus.texts()), list(self.queries.texts(train.tolist())), k=depth,

@@ -2,7 +2,7 @@
 
 `faiss` is imported lazily so that the library imports without it; choose the build at install time
 (`lit-dr[cpu]` or `lit-dr[gpu]`). GPU use is an explicit argument (one GPU: this process's) and never a silent
-fallback here; `lit_dr.search` decides, in one place, what runs where.
+fallback here; `lit_dr.index.search` decides, in one place, what runs where.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from lit_dr.data.batches import TokenBatch
 from lit_dr.data.token_store import TokenStore
-from lit_dr.embeddings import (
+from lit_dr.index.embeddings import (
     EmbeddingDtype,
     EmbeddingShards,
     finish_shard,

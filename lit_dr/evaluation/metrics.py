@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lit_dr.atomic import atomic_file
+from lit_dr.files import atomic_file
 
 METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
 _DEEPEST = 1000  # the deepest cutoff among METRIC_NAMES

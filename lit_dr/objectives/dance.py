@@ -8,9 +8,9 @@ import torch
 from torch import Tensor
 
 from lit_dr.data.batches import TrainBatch
-from lit_dr.embeddings import EmbeddingShards
-from lit_dr.losses import alignment, dual_two_way_nll, two_way_nll, uniformity
-from lit_dr.modules.base import BiEncoderModule
+from lit_dr.index.embeddings import EmbeddingShards
+from lit_dr.models.losses import alignment, dual_two_way_nll, two_way_nll, uniformity
+from lit_dr.objectives.base import BiEncoderModule
 
 
 def embedding_geometry(

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from lit_dr.data.sampling import NegativesTable
-from lit_dr.faiss_index import check_search_params, fit_nlist
-from lit_dr.mining import load_table, overlap, sample_negatives, save_table, table_digest
-from lit_dr.run_dir import shared_run_directory
-from lit_dr.search import even_share
+from lit_dr.index.faiss_index import check_search_params, fit_nlist
+from lit_dr.mining.miners import load_table, overlap, sample_negatives, save_table, table_digest
+from lit_dr.files import shared_run_directory
+from lit_dr.index.search import even_share
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class NegativeRefresh(L.Callback):
         before_first_step: mine once before training starts (ANCE starts from its warm start's negatives).
         depth / num_negatives / skip: ANCE: top 200, 20 drawn uniformly, from rank 0.
         index_factory: the FAISS index to mine with ("Flat" is exact, as ANCE's code). Where it runs follows the
-            model's device, as for evaluation (`lit_dr.search.search_backend`). DANCE's query index (over the
+            model's device, as for evaluation (`lit_dr.index.search.search_backend`). DANCE's query index (over the
             training queries) is of the same factory, its IVF lists capped for a small query set
             (`faiss_index.fit_nlist`).
         search_params: FAISS search parameters of a non-exact `index_factory` ({nprobe: 64}, {efSearch: 128}),
@@ -216,7 +216,7 @@ class NegativeRefresh(L.Callback):
             times[f"time_{name}_s"] = time.perf_counter() - start
 
         # Embeddings go to disk, each process writing its share; each process then searches the whole corpus
-        # for the training queries it encoded itself, and the rankings are gathered (`lit_dr.search`).
+        # for the training queries it encoded itself, and the rankings are gathered (`lit_dr.index.search`).
         with phase("encode_corpus"):
             docs = pl_module.corpus_embeddings()  # (N, H) on disk
         with phase("encode_queries"):

@@ -5,13 +5,13 @@ from __future__ import annotations
 from torch import Tensor
 
 from lit_dr.data.batches import TrainBatch
-from lit_dr.losses import two_way_nll
-from lit_dr.modules.base import BiEncoderModule
+from lit_dr.models.losses import two_way_nll
+from lit_dr.objectives.base import BiEncoderModule
 
 
 class ANCE(BiEncoderModule):
     """Xiong et al., ICLR 2021 (arXiv 2007.00808). The hard negatives are mined with the model being trained
-    by the refresh callback (`lit_dr.callbacks.NegativeRefresh`); this module only computes the loss on them.
+    by the refresh callback (`lit_dr.training.NegativeRefresh`); this module only computes the loss on them.
 
     The paper's setting: one shared RoBERTa tower, first token -> Linear -> LayerNorm
     (`Encoder(pooling="cls", projection_dim=768)`), raw dot product (tau 1), LAMB at lr 1e-6, 20 negatives per

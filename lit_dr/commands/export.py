@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lit_dr.encoder import Encoder
+from lit_dr.models.encoder import Encoder
 
 
 def st_models():
@@ -110,8 +110,8 @@ def load_module(checkpoint_path: str | Path):
     The checkpoint holds every weight (`weights_only=True`; its warm start is never read). LTRe trains the query
     tower only; with a shared tower its documents are embedded by the warm start's tower, which LTRe keeps,
     frozen, as its document tower."""
-    from lit_dr.modules.base import BiEncoderModule
-    from lit_dr.modules.ltre import LTRe
+    from lit_dr.objectives.base import BiEncoderModule
+    from lit_dr.objectives.ltre import LTRe
 
     hparams = read_checkpoint_facts(checkpoint_path)["hyper_parameters"]
     module = BiEncoderModule.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=True)

@@ -13,11 +13,11 @@ from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from lit_dr.atomic import atomic_file
-from lit_dr.commands import COMMANDS, run_command
-from lit_dr.data.datamodule import RetrievalDataModule
-from lit_dr.modules.base import BiEncoderModule
-from lit_dr.run_dir import run_directory
+from lit_dr.files import atomic_file
+from lit_dr.commands.standalone import COMMANDS, run_command
+from lit_dr.training.datamodule import RetrievalDataModule
+from lit_dr.objectives.base import BiEncoderModule
+from lit_dr.files import run_directory
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -164,7 +164,7 @@ def run(args: list[str] | None = None) -> LitDrCLI:
 def main(args: list[str] | None = None) -> None:
     """The `lit-dr` console script (returns None: a returned object would become the exit status).
 
-    `export`, `index` and `search` are not trainer subcommands: `lit_dr.commands` parses and runs them.
+    `export`, `index` and `search` are not trainer subcommands: `lit_dr.commands.standalone` parses and runs them.
     """
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in COMMANDS:

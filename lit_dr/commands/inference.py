@@ -23,9 +23,9 @@ from torch import Tensor
 from lit_dr.data.batches import TokenBatch
 from lit_dr.data.formats import dataset_files, read_qrels
 from lit_dr.data.token_store import cached_store
-from lit_dr.embeddings import EmbeddingDtype, EmbeddingShards
-from lit_dr.encoding import AutocastFactory, encode_store, encode_to_shards
-from lit_dr.search import (
+from lit_dr.index.embeddings import EmbeddingDtype, EmbeddingShards
+from lit_dr.index.encoding import AutocastFactory, encode_store, encode_to_shards
+from lit_dr.index.search import (
     Processes,
     even_share,
     gather_results,
@@ -57,7 +57,7 @@ def load_towers(model: str | Path, device: torch.device | str = "cpu") -> tuple[
 
     path = Path(model)
     if path.is_file():
-        from lit_dr.export import load_module, read_checkpoint_facts
+        from lit_dr.commands.export import load_module, read_checkpoint_facts
 
         module = load_module(path).to(device)
         data = read_checkpoint_facts(path)["data"]
@@ -119,7 +119,7 @@ def index_corpus(model: str | Path, corpus: str | Path, out_dir: str | Path, ind
     `lit-dr search`) and, for a non-exact `index_factory` only, a FAISS index `index.faiss` built from the shards
     in blocks. Exact search ("Flat") streams over the shards and needs no index: the matrix is never held in
     memory. The tokens come from (or go to) the token cache under `cache_dir` (default `$LIT_DR_CACHE`)."""
-    from lit_dr.faiss_index import build_index, check_search_params, import_faiss
+    from lit_dr.index.faiss_index import build_index, check_search_params, import_faiss
 
     check_search_params(index_factory, search_params)  # before the encoding, not after it
     procs = procs or Processes()
@@ -174,10 +174,10 @@ def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Pat
     device is one and FAISS's GPU build implements the index: `search.search_backend`), write a TREC run.
     `search_params` (FAISS's, e.g. {"nprobe": 64}) default to those `lit-dr index` recorded in `index.json`.
 
-    Returns the metrics of `lit_dr.metrics.retrieval_metrics` when `split` names judgments, else None.
+    Returns the metrics of `lit_dr.evaluation.metrics.retrieval_metrics` when `split` names judgments, else None.
     """
-    from lit_dr.faiss_index import check_search_params, import_faiss, search, to_gpu
-    from lit_dr.metrics import retrieval_metrics, write_trec_run
+    from lit_dr.index.faiss_index import check_search_params, import_faiss, search, to_gpu
+    from lit_dr.evaluation.metrics import retrieval_metrics, write_trec_run
 
     procs = procs or Processes()
     index_dir = Path(index_dir)

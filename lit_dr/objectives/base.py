@@ -17,13 +17,13 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from lit_dr.data.batches import EncodeBatch, TokenBatch, TrainBatch
-from lit_dr.embeddings import EmbeddingDtype, EmbeddingShards
-from lit_dr.encoder import Encoder
-from lit_dr.encoding import AutocastFactory, autocast_factory, encode_to_shards
-from lit_dr.faiss_index import check_search_params
-from lit_dr.large_batch import gather_keep_local, gather_train_batch, grad_cached_loss
-from lit_dr.run_dir import run_directory, shared_run_directory
-from lit_dr.search import Processes, even_share, gather_rows, search_embeddings
+from lit_dr.index.embeddings import EmbeddingDtype, EmbeddingShards
+from lit_dr.models.encoder import Encoder
+from lit_dr.index.encoding import AutocastFactory, autocast_factory, encode_to_shards
+from lit_dr.index.faiss_index import check_search_params
+from lit_dr.models.large_batch import gather_keep_local, gather_train_batch, grad_cached_loss
+from lit_dr.files import run_directory, shared_run_directory
+from lit_dr.index.search import Processes, even_share, gather_rows, search_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ def trained_class(checkpoint_path) -> type | None:
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
     path = checkpoint.get("hyper_parameters", {}).get("_class_path") or checkpoint.get("lit_dr", {}).get("class_path")
     module, _, name = (path or "").rpartition(".")
+    if module.startswith(("lit_dr.modules", "lit_dr.callbacks")):  # written before the package had layers
+        module = "lit_dr"
     return getattr(sys.modules.get(module), name, None) if module else None
 
 
@@ -62,7 +64,7 @@ class BiEncoderModule(L.LightningModule):
         optimizer / scheduler: injected factories (`OptimizerCallable`, `LRSchedulerCallable`); the scheduler
             steps every optimizer step.
         index_factory: FAISS factory string for evaluation ("Flat" is exact search). Where search runs follows
-            the model's device (`lit_dr.search.search_backend`): GPU training searches on the GPU.
+            the model's device (`lit_dr.index.search.search_backend`): GPU training searches on the GPU.
         search_params: FAISS search parameters of a non-exact `index_factory`, e.g. {nprobe: 64} for IVF or
             {efSearch: 128} for HNSW (FAISS's default nprobe is 1: one list of an IVF4096). Applied on the CPU
             and GPU index alike, recorded in `evaluations.jsonl`; a name the index does not have is an error here.
@@ -74,7 +76,7 @@ class BiEncoderModule(L.LightningModule):
         embedding_dtype: how corpus embeddings are stored on disk (float16 halves the files; search is float32).
         embedding_dir: where embedding files go; default `embeddings/` in the run's directory.
         cross_device_negatives: under DDP, every process's documents (and queries) are negatives of every
-            query: the loss is that of the global batch, with the exact gradient (`lit_dr.large_batch`).
+            query: the loss is that of the global batch, with the exact gradient (`lit_dr.models.large_batch`).
         grad_cache_chunk_size: embed the batch this many texts at a time (gradient caching): memory of one chunk's
             activations, a second forward pass per step, the exact gradient. None embeds the batch at once.
     """
@@ -406,7 +408,7 @@ class BiEncoderModule(L.LightningModule):
 
     def retrieve(self, split: str) -> Retrieval:
         """Search the corpus for the queries collected in this loop; writes the TREC run file (global rank 0)."""
-        from lit_dr.metrics import write_trec_run
+        from lit_dr.evaluation.metrics import write_trec_run
 
         dm = self.trainer.datamodule
         query_rows, queries = self._gathered_queries()
@@ -421,7 +423,7 @@ class BiEncoderModule(L.LightningModule):
         return Retrieval(query_rows, queries, docs, scores, ranked)
 
     def evaluate(self, split: str, prefix: str) -> dict[str, float]:
-        from lit_dr.metrics import retrieval_metrics
+        from lit_dr.evaluation.metrics import retrieval_metrics
 
         r = self.retrieve(split)
         metrics = retrieval_metrics(r.scores, r.ranked, self.trainer.datamodule.relevance_for(r.query_rows, split))

@@ -1,7 +1,7 @@
 """`lit-dr export | index | search | pipeline`: the commands outside the trainer's subcommands (using a trained
 model; running fits in stages).
 
-Parsed with argparse and dispatched by `lit_dr.cli.main` before LightningCLI is built; heavy imports wait until a
+Parsed with argparse and dispatched by `lit_dr.commands.cli.main` before LightningCLI is built; heavy imports wait until a
 command runs, so `--help` answers at once.
 """
 
@@ -83,8 +83,8 @@ def processes(args):
 
     from lightning.fabric import Fabric
 
-    from lit_dr.encoding import autocast_on
-    from lit_dr.search import Processes
+    from lit_dr.index.encoding import autocast_on
+    from lit_dr.index.search import Processes
 
     fabric = Fabric(accelerator=args.accelerator, devices=args.devices, precision=args.precision,
                     strategy="ddp" if args.devices > 1 else "auto")
@@ -100,7 +100,7 @@ def run_command(argv: list[str]) -> None:
     top = parser()
     args, extra = top.parse_known_args(argv)
     if args.command == "pipeline":
-        from lit_dr.pipeline import PipelineError, run_pipeline
+        from lit_dr.commands.pipeline import PipelineError, run_pipeline
 
         try:
             run_pipeline(args.pipeline, extra, dry_run=args.dry_run)
@@ -110,20 +110,20 @@ def run_command(argv: list[str]) -> None:
     if extra:
         top.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "export":
-        from lit_dr.export import export_checkpoint
+        from lit_dr.commands.export import export_checkpoint
 
         print(export_checkpoint(args.checkpoint, args.out_dir, overwrite=args.overwrite))
         return
     procs, autocast = processes(args)
     if args.command == "index":
-        from lit_dr.inference import index_corpus
+        from lit_dr.commands.inference import index_corpus
 
         emb = index_corpus(args.model, args.corpus, args.out_dir, args.index_factory, args.batch_size,
                            args.max_length, args.embedding_dtype, procs, autocast, search_params=args.search_params)
         if procs.rank == 0:
             print(f"indexed {len(emb)} texts ({emb.dim} dimensions, {args.index_factory}) in {args.out_dir}")
         return
-    from lit_dr.inference import search_index
+    from lit_dr.commands.inference import search_index
 
     metrics = search_index(args.index_dir, args.queries, args.out_file, args.model, args.k, args.split,
                            args.batch_size, args.max_length, procs, autocast, search_params=args.search_params)

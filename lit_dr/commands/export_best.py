@@ -6,12 +6,12 @@ from pathlib import Path
 
 import lightning as L
 
-from lit_dr.run_dir import run_directory
+from lit_dr.files import run_directory
 
 
 class ExportBest(L.Callback):
-    """Re-export (`lit_dr.export.export_checkpoint`) whenever the trainer's first `ModelCheckpoint` (the configs'
-    monitored one) has a new best file: `--trainer.callbacks+=lit_dr.callbacks.ExportBest`.
+    """Re-export (`lit_dr.commands.export.export_checkpoint`) whenever the trainer's first `ModelCheckpoint` (the configs'
+    monitored one) has a new best file: `--trainer.callbacks+=lit_dr.ExportBest`.
 
     Lightning saves checkpoints after every other callback's validation hooks, so a new best is exported at the
     next training batch or at the end of the fit. Process 0 exports; the others do not wait for it.
@@ -25,7 +25,7 @@ class ExportBest(L.Callback):
         self.exported: str | None = None  # the checkpoint file the export was made from
 
     def export_if_improved(self, trainer: L.Trainer) -> None:
-        from lit_dr.export import export_checkpoint
+        from lit_dr.commands.export import export_checkpoint
 
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else ""
         if trainer.is_global_zero and best and best != self.exported and Path(best).is_file():

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_dr.embeddings import EmbeddingShards
-from lit_dr.faiss_index import (
+from lit_dr.index.embeddings import EmbeddingShards
+from lit_dr.index.faiss_index import (
     build_index,
     exact_search,
     gpu_supported,

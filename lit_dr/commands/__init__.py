@@ -1,0 +1,1 @@
+"""The `lit-dr` commands: the LightningCLI (fit, validate, test, predict), export, index, search, pipeline."""

@@ -1,0 +1,1 @@
+"""Corpus embeddings on disk, FAISS indexes and search, for every process of a job."""

@@ -1,0 +1,1 @@
+"""Negatives from rankings: pure miners, BM25 retrieval, negatives tables on disk."""

@@ -1,0 +1,1 @@
+"""The towers and the maths: the encoder backbone, the losses, large-batch gradients (pure torch)."""
