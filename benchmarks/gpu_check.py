@@ -341,7 +341,7 @@ def check_grad_cache(device, bf16: bool, data: Path, model: str, cache: Path) ->
 
     torch.manual_seed(0)
     reference = Chunked(encoder=Encoder(model, projection_dim=8, normalize=True), temperature=0.1).to(device)
-    cached = BM25Negatives(encoder=Encoder(model, projection_dim=8, normalize=True), temperature=0.1,
+    cached = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(model, projection_dim=8, normalize=True), temperature=0.1,
                            grad_cache_chunk_size=chunk).to(device)
     cached.load_state_dict(reference.state_dict())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -367,11 +367,12 @@ def check_grad_cache(device, bf16: bool, data: Path, model: str, cache: Path) ->
 def check_autocast_search(device, work: Path) -> list[Check]:
     """2. LTRe's retrieval inside `torch.autocast(bfloat16)` (as under a bf16-mixed trainer: `no_grad` does not
     turn autocast off) must return what float32 search returns: same rows, scores within float32 rounding. Both
-    `FixedIndex(resident=True)` (LTRe's training-time index on the device) and `search_embeddings`."""
+    `FixedIndex(resident=True)` (LTRe's training-time index on the device) and `CorpusIndex.search` (evaluation's)."""
     import numpy as np
     import torch
 
-    from lit_dr.index.search import FixedIndex, Processes, search_embeddings
+    from lit_dr.index.corpus_index import CorpusIndex
+    from lit_dr.index.search import FixedIndex, Processes
 
     rng = np.random.default_rng(1)
     docs = rng.standard_normal((2000, 64), dtype=np.float32)
@@ -381,7 +382,7 @@ def check_autocast_search(device, work: Path) -> list[Check]:
     procs = Processes(device=device)
     fixed = FixedIndex(shards, "Flat", procs, resident=True)
     searches = {"FixedIndex(resident) under autocast": lambda: fixed.search(queries, 200),
-                "search_embeddings under autocast": lambda: search_embeddings(shards, queries, 200, "Flat", procs)}
+                "CorpusIndex.search under autocast": lambda: CorpusIndex.open(shards.directory, procs).search(queries, 200, "Flat", share=False)}
     checks = []
     for name, search in searches.items():
         d32, i32 = search()

@@ -43,7 +43,7 @@ def child(args: argparse.Namespace) -> None:
     warnings.filterwarnings("ignore")  # `self.log` outside a Trainer
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = BM25Negatives(encoder=Encoder(args.model), temperature=0.05,
+    model = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(args.model), temperature=0.05,
                           grad_cache_chunk_size=args.chunk_size if args.mode == "cached" else None).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)

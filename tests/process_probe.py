@@ -16,6 +16,7 @@ import sys
 from datetime import timedelta
 
 import lightning as L
+import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from lit_dr import BM25Negatives, Encoder, RetrievalDataModule
@@ -44,13 +45,13 @@ def main(model_dir: str, data_root: str, cache_dir: str, out: str, *cases: str) 
                                  show_progress=False)
         if kind == "eval":
             where = f"{out}/{name}-w{world}"
-            model = BM25Negatives(encoder=Encoder(model_dir, normalize=True), eval_depth=10, run_dir=where,
-                                  embedding_dir=f"{where}/emb")
+            model = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(model_dir, normalize=True), eval_depth=10, run_dir=where)
+            dm.hparams.embedding_dir = f"{where}/emb"
             t = trainer(world)
             t.test(model, dm, verbose=False)
             t.predict(model, dm)
         elif kind == "nonfinite":
-            model = NaNOnLastRank(encoder=Encoder(model_dir, normalize=True), temperature=0.1)
+            model = NaNOnLastRank(optimizer=torch.optim.AdamW, encoder=Encoder(model_dir, normalize=True), temperature=0.1)
             try:
                 trainer(world, max_steps=2, limit_val_batches=0).fit(model, dm)
                 outcome = "no error"
@@ -59,7 +60,7 @@ def main(model_dir: str, data_root: str, cache_dir: str, out: str, *cases: str) 
             with open(f"{out}/nonfinite-w{world}-r{rank}.txt", "w") as f:
                 f.write(outcome)
         elif kind == "checkpointing":
-            model = BM25Negatives(encoder=Encoder(model_dir, normalize=True, gradient_checkpointing=True),
+            model = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(model_dir, normalize=True, gradient_checkpointing=True),
                                   temperature=0.1, grad_cache_chunk_size=2, cross_device_negatives=world > 1)
             trainer(world, max_steps=2, limit_val_batches=0).fit(model, dm)
             with open(f"{out}/checkpointing-w{world}-r{rank}.txt", "w") as f:

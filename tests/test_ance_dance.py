@@ -148,8 +148,11 @@ def train_batch(b=3, g=3, k=2, with_negative_queries=True):
 
 
 def loss_of(module, batch):
+    """The loss as the training step computes it: the batch's texts, and those `extra_texts` names, embedded."""
     q, d = module.encode_queries(batch.queries), module.encode_docs(batch.docs)  # (B, H), (B * G, H)
-    return module.compute_loss(q, d, batch)
+    encode = {"query": module.encode_queries, "doc": module.encode_docs}
+    extra = {name: encode[side](tokens) for name, (side, tokens) in module.extra_texts(batch).items()}
+    return module.compute_loss(q, d, batch, **extra)
 
 
 @pytest.mark.parametrize(
@@ -170,8 +173,8 @@ def test_loss_is_finite_and_reaches_the_encoder(module_cls, kwargs, with_negativ
 
 def test_dance_stages(tiny_model_dir):
     encoder = Encoder(tiny_model_dir, pooling="cls", projection_dim=8, normalize=True)
-    dance = DANCE(encoder=encoder, temperature=0.05, dual_weight=0.1).eval()  # no dropout: comparable losses
-    ance = ANCE(encoder=encoder, temperature=0.05).eval()
+    dance = DANCE(optimizer=torch.optim.AdamW, encoder=encoder, temperature=0.05, dual_weight=0.1).eval()  # no dropout: comparable losses
+    ance = ANCE(optimizer=torch.optim.AdamW, encoder=encoder, temperature=0.05).eval()
     with torch.no_grad():
         stage1 = loss_of(ance, train_batch())
         assert torch.equal(loss_of(dance, train_batch(with_negative_queries=False)), stage1)
@@ -186,7 +189,7 @@ def test_dance_stages(tiny_model_dir):
 
 
 def test_dance_checkpoint_round_trip_and_validation_geometry(tiny_beir, tiny_model_dir, cache_dir, tmp_path):
-    model = DANCE(encoder=Encoder(tiny_model_dir, pooling="cls", projection_dim=8, normalize=True),
+    model = DANCE(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir, pooling="cls", projection_dim=8, normalize=True),
                   temperature=0.05, dual_weight=0.3, run_dir=str(tmp_path / "runs"))
     dm = RetrievalDataModule(str(tiny_beir), tokenizer=tiny_model_dir, cache_dir=cache_dir,
                              train_batch_size=8, num_negatives=2, bm25_depth=10, show_progress=False)

@@ -66,7 +66,7 @@ def warm_start(tiny_beir, tiny_model_dir, cache_dir, tmp_path) -> str:
 
 def ltre(tiny_model_dir, warm: str, tmp_path) -> LTRe:
     return LTRe(encoder=Encoder(tiny_model_dir, normalize=True), init_checkpoint=warm, depth=20, temperature=0.1,
-                optimizer=adamw, embedding_dir=str(tmp_path / "emb"), run_dir=str(tmp_path / "runs"), eval_depth=20)
+                optimizer=adamw, run_dir=str(tmp_path / "runs"), eval_depth=20)
 
 
 def test_ltre_stage_validates_tests_resumes_and_exports_after_its_warm_start_is_deleted(
@@ -93,7 +93,7 @@ def test_ltre_stage_validates_tests_resumes_and_exports_after_its_warm_start_is_
     torch.save(legacy, tmp_path / "legacy.ckpt")
     assert_same(towers(LTRe.load_from_checkpoint(tmp_path / "legacy.ckpt")), towers(model))
     # A later stage warm-started from LTRe takes its trained query tower, not the frozen document copy.
-    ance = BM25Negatives(encoder=Encoder(tiny_model_dir, normalize=True))
+    ance = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir, normalize=True))
     ance.load_tower_weights(str(stage2))
     assert_same(towers(ance), {k: v for k, v in towers(model).items() if k.startswith("encoder.")})
     Path(warm_start).unlink()  # the README: delete a stage to run it again
@@ -140,7 +140,7 @@ def test_a_fresh_fit_warm_starts_once_and_a_restored_module_never_again(tiny_bei
     saved = towers(model)
 
     # Another valid checkpoint now at the warm start's path, then none at all: neither may reach the weights.
-    other = BM25Negatives(encoder=Encoder(tiny_model_dir, normalize=True))
+    other = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir, normalize=True))
     torch.save({"state_dict": {k: v + 1 for k, v in other.state_dict().items()}}, warm_start)
     for replaced in (True, False):
         if not replaced:
@@ -171,13 +171,13 @@ class RunsCode:
 def test_no_lit_dr_loader_runs_a_pickle_in_a_checkpoint(tiny_beir, tiny_model_dir, cache_dir, tmp_path, warm_start):
     from lit_dr.commands.export import export_checkpoint
     from lit_dr.commands.inference import load_towers
-    from lit_dr.objectives.base import trained_class
+    from lit_dr.objectives.checkpoints import trained_class
 
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil.ckpt"
     checkpoint = torch.load(warm_start, weights_only=True)
     torch.save({**checkpoint, "extra": RunsCode(marker)}, evil)
-    module = BM25Negatives(encoder=Encoder(tiny_model_dir, normalize=True))
+    module = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir, normalize=True))
     loaders = {"load_tower_weights": lambda: module.load_tower_weights(str(evil)),
                "load_from_checkpoint": lambda: BM25Negatives.load_from_checkpoint(evil),
                "trained_class": lambda: trained_class(evil),
@@ -228,7 +228,7 @@ def test_gradient_checkpointing_is_non_reentrant_and_exact_under_gradient_cachin
     grads = []
     for checkpointing, chunk in ((False, None), (True, 2), (True, None)):
         torch.manual_seed(0)
-        module = BM25Negatives(encoder=Encoder(str(model_dir), projection_dim=8, normalize=True,
+        module = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(str(model_dir), projection_dim=8, normalize=True,
                                                gradient_checkpointing=checkpointing),
                                temperature=0.1, grad_cache_chunk_size=chunk)
         module.training_step(batch, 0).backward()

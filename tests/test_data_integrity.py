@@ -291,7 +291,7 @@ class NaNLoss(BM25Negatives):
 
 
 def test_non_finite_loss_names_the_step_and_queries(tiny_beir, tiny_model_dir, cache_dir, tmp_path):
-    model = NaNLoss(encoder=Encoder(tiny_model_dir))
+    model = NaNLoss(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir))
     dm = make_dm(tiny_beir, tiny_model_dir, cache_dir)
     trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False, limit_val_batches=0, default_root_dir=str(tmp_path))

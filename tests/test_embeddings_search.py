@@ -13,7 +13,8 @@ from lit_dr import BM25Negatives, Encoder, RetrievalDataModule
 from lit_dr.training import NegativeRefresh
 from lit_dr.index.embeddings import EmbeddingShards, token_balanced_bounds
 from lit_dr.index.encoding import encode_shard, encode_store, encode_to_shards
-from lit_dr.index.search import Processes, exact_search_stream, gather_rows, search_embeddings
+from lit_dr.index.search import Processes, exact_search_stream, gather_rows
+from lit_dr.index.corpus_index import CorpusIndex
 
 
 def test_token_balanced_bounds_split_the_work_evenly():
@@ -103,7 +104,7 @@ def test_one_block_is_exactly_a_flat_index(tmp_path):
 def test_approximate_index_is_built_from_the_files(tmp_path):
     shards, docs = write_random(tmp_path, n=1000, h=16, world_size=2)
     queries = np.random.default_rng(3).standard_normal((10, 16), dtype=np.float32)
-    d, i = search_embeddings(shards, queries, 10, "IVF8,Flat", params={"nprobe": 8})  # every list: exact
+    d, i = CorpusIndex.open(shards.directory).search(queries, 10, "IVF8,Flat", {"nprobe": 8}, share=False)  # every list: exact
     np.testing.assert_array_equal(i, exact_search_stream(shards, queries, 10)[1])
 
 
@@ -122,19 +123,22 @@ def test_gather_rows_concatenates_ranks_in_order():
 def test_corpus_is_encoded_once_per_step_within_a_fit(tiny_beir, tiny_model_dir, cache_dir, tmp_path, monkeypatch):
     """A refresh and a validation at the same step share one corpus encoding; a new step encodes anew, and only
     the newest embeddings stay on disk."""
+    from lit_dr.index.corpus_index import CorpusIndex
+
     encodings = []
-    original = BM25Negatives.embed_to_files
+    original = CorpusIndex.embed
 
-    def counting(self, side, rows, name):
-        if side == "doc":
-            encodings.append(self.global_step)
-        return original(self, side, rows, name)
+    def counting(self, tower, name, version=None):
+        if name.startswith("corpus-") and not (version is not None and version == self.version):
+            encodings.append(int(name.removeprefix("corpus-step")))
+        return original(self, tower, name, version)
 
-    monkeypatch.setattr(BM25Negatives, "embed_to_files", counting)
+    monkeypatch.setattr(CorpusIndex, "embed", counting)
     dm = RetrievalDataModule(str(tiny_beir), tokenizer=tiny_model_dir, cache_dir=cache_dir, negatives="none",
-                             train_batch_size=4, num_negatives=1, show_progress=False)
+                             train_batch_size=4, num_negatives=1, show_progress=False,
+                             embedding_dir=str(tmp_path / "emb"))
     model = BM25Negatives(encoder=Encoder(tiny_model_dir, normalize=True), temperature=0.1,
-                          embedding_dir=str(tmp_path / "emb"), run_dir=str(tmp_path / "runs"))
+                          optimizer=torch.optim.AdamW, run_dir=str(tmp_path / "runs"))
     refresh = NegativeRefresh(every_n_steps=6, depth=10, num_negatives=3, table_dir=str(tmp_path / "neg"))
     trainer = L.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, callbacks=[refresh], default_root_dir=str(tmp_path))

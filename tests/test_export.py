@@ -104,7 +104,7 @@ def test_model_card(trained, tmp_path, tiny_beir):
 
 
 def test_separate_towers_export_as_a_router(tiny_model_dir, tmp_path):
-    module = BM25Negatives(encoder=Encoder(tiny_model_dir, projection_dim=8),
+    module = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir, projection_dim=8),
                            doc_encoder=Encoder(tiny_model_dir, pooling="cls", projection_dim=8))
     with torch.no_grad():
         for p in module.doc_encoder.parameters():  # make the towers differ
@@ -131,7 +131,7 @@ def test_separate_towers_export_as_a_router(tiny_model_dir, tmp_path):
 
 
 def test_base_class_loads_the_trained_objective(tiny_model_dir, tmp_path):
-    module = SamToNe(encoder=Encoder(tiny_model_dir), temperature=0.3, symmetric=True)
+    module = SamToNe(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir), temperature=0.3, symmetric=True)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
@@ -167,8 +167,8 @@ def test_ltre_exports_its_warm_start_as_the_document_tower(tiny_model_dir, tmp_p
     from lit_dr import LTRe
     from lit_dr.data.batches import TokenBatch
 
-    warm = save(BM25Negatives(encoder=Encoder(tiny_model_dir, normalize=True)), tmp_path / "warm.ckpt")
-    module = LTRe(encoder=Encoder(tiny_model_dir, normalize=True), init_checkpoint=str(warm))
+    warm = save(BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir, normalize=True)), tmp_path / "warm.ckpt")
+    module = LTRe(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir, normalize=True), init_checkpoint=str(warm))
     reference = BM25Negatives.load_from_checkpoint(warm).eval()
     with torch.no_grad():
         for p in module.encoder.parameters():  # the query tower trained away from the warm start
@@ -188,6 +188,7 @@ def test_ltre_exports_its_warm_start_as_the_document_tower(tiny_model_dir, tmp_p
 
 def test_export_best_callback(tiny_beir, tiny_model_dir, cache_dir, tmp_path):
     cli = run(["fit", "--model", "lit_dr.BM25Negatives", "--model.init_args.encoder", "lit_dr.Encoder",
+               "--model.init_args.optimizer=torch.optim.AdamW",
                f"--model.init_args.encoder.init_args.model_name_or_path={tiny_model_dir}",
                f"--data.dataset={tiny_beir}", "--data.train_batch_size=8", "--data.show_progress=false",
                "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",

@@ -77,7 +77,7 @@ def test_numeric_checks_pass_on_the_cpu(tmp_path):
     assert out.stdout.startswith("preflight PASS"), out.stdout + out.stderr[-2000:]
     lines = {m[1]: m[2] for m in re.finditer(r"^check (.+?) +(PASS|FAIL)  ", out.stdout, re.MULTILINE)}
     assert set(lines) == {"grad cache vs uncached", "FixedIndex(resident) under autocast",
-                          "search_embeddings under autocast", "torch stream vs FAISS"}, out.stdout
+                          "CorpusIndex.search under autocast", "torch stream vs FAISS"}, out.stdout
     assert all(v == "PASS" for v in lines.values()), out.stdout
     assert out.returncode == 0 and "numeric checks: 4 of 4 PASS" in out.stdout, out.stdout
 

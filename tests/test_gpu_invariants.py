@@ -89,7 +89,7 @@ def test_bf16_mixed_validation_encodes_every_batch_under_autocast(tiny_beir, tin
     against a brute-force float64 ranking of the same model scored by pytrec_eval: the float32 validation must
     match it exactly, the bf16 one within bf16's rounding of the embeddings."""
     L.seed_everything(0)
-    model = BM25Negatives(encoder=Encoder(tiny_model_dir, normalize=True), run_dir=str(tmp_path / "runs"))
+    model = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir, normalize=True), run_dir=str(tmp_path / "runs"))
     dm = RetrievalDataModule(str(tiny_beir), tokenizer=tiny_model_dir, cache_dir=cache_dir, negatives="none",
                              eval_batch_size=8, show_progress=False)
 

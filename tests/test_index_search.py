@@ -24,7 +24,7 @@ def _token_cache(tmp_path, monkeypatch) -> None:
 def checkpoint(tmp_path_factory, tiny_beir, tiny_model_dir):
     """A checkpoint of a tiny model whose data module hyperparameters carry the training lengths."""
     tmp = tmp_path_factory.mktemp("ckpt")
-    model = BM25Negatives(encoder=Encoder(tiny_model_dir, projection_dim=16, normalize=True))
+    model = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir, projection_dim=16, normalize=True))
     dm = RetrievalDataModule(str(tiny_beir), tokenizer=tiny_model_dir, query_max_length=8, doc_max_length=24,
                              negatives="none", cache_dir=str(tmp / "cache"), show_progress=False)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, max_steps=0,
@@ -103,6 +103,7 @@ def test_help_of_the_commands(capsys):
 
 def tiny_fit_args(tiny_beir, tiny_model_dir, *extra):
     return ["--model", "lit_dr.BM25Negatives", "--model.init_args.encoder", "lit_dr.Encoder",
+            "--model.init_args.optimizer=torch.optim.AdamW",
             f"--model.init_args.encoder.init_args.model_name_or_path={tiny_model_dir}",
             f"--data.dataset={tiny_beir}", "--data.train_batch_size=8", "--data.show_progress=false",
             "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",

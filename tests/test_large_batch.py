@@ -105,7 +105,7 @@ def test_cached_gradient_is_wrong_without_replaying_the_random_state(train_batch
     """The check above can fail: a second pass with fresh dropout masks gives another gradient."""
     torch.manual_seed(0)
     reference = chunked(SamToNe, 3)(encoder=Encoder(tiny_model_dir), temperature=0.1)
-    cached = SamToNe(encoder=Encoder(tiny_model_dir), temperature=0.1, grad_cache_chunk_size=3)
+    cached = SamToNe(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir), temperature=0.1, grad_cache_chunk_size=3)
     cached.load_state_dict(reference.state_dict())
     expected = step_grads(reference, train_batch)[0]
     replayed = []

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import faiss  # noqa: F401 (a dependency: a broken install fails here, never skips)
 import lightning as L
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -56,22 +58,23 @@ def warm_start(tiny_beir, tiny_model_dir, cache_dir, tmp_path) -> str:
 
 def ltre(tiny_model_dir, warm_start, tmp_path, **kw) -> LTRe:
     args = dict(encoder=Encoder(tiny_model_dir, normalize=True), init_checkpoint=warm_start, depth=20,
-                temperature=0.1, optimizer=adamw(3e-3), embedding_dir=str(tmp_path / "emb"),
-                run_dir=str(tmp_path / "runs"))
+                temperature=0.1, optimizer=adamw(3e-3), run_dir=str(tmp_path / "runs"))
     return LTRe(**{**args, **kw})
 
 
 def test_corpus_encoded_once_per_fit_and_validation_encodes_only_queries(tiny_beir, tiny_model_dir, cache_dir,
                                                                          tmp_path, warm_start, monkeypatch):
+    from lit_dr.index.corpus_index import CorpusIndex
+
     encoded = []
-    original = LTRe.embed_to_files
-    monkeypatch.setattr(LTRe, "embed_to_files", lambda self, side, rows, name: encoded.append(side) or
-                        original(self, side, rows, name))
+    original = CorpusIndex.embed
+    monkeypatch.setattr(CorpusIndex, "embed", lambda self, tower, name, version=None: encoded.append(name) or
+                        original(self, tower, name, version))
     model = ltre(tiny_model_dir, warm_start, tmp_path)
     t = trainer(tmp_path, max_epochs=3)  # validation after every epoch
     t.fit(model, data(tiny_beir, tiny_model_dir, cache_dir))
     t.validate(model, data(tiny_beir, tiny_model_dir, cache_dir), verbose=False)
-    assert encoded == ["doc"] and model.corpus_encodings == 1
+    assert encoded == ["ltre-corpus"] and model.corpus_encodings == 1
 
 
 def test_only_the_query_tower_learns(tiny_beir, tiny_model_dir, cache_dir, tmp_path, warm_start):
@@ -102,7 +105,7 @@ def test_shared_warm_start_becomes_the_query_tower(tiny_beir, tiny_model_dir, ca
     batch = dm.corpus.batch(np.arange(5))
     with torch.no_grad():
         want = warm.encode_docs(batch).numpy()
-    np.testing.assert_allclose(model.corpus_embeddings().take(np.arange(5)), want, atol=1e-5)
+    np.testing.assert_allclose(model.fixed_index().embeddings.take(np.arange(5)), want, atol=1e-5)
     for name, value in warm.encoder.state_dict().items():
         torch.testing.assert_close(model.doc_encoder.state_dict()[name], value, msg=name)
 
@@ -112,9 +115,9 @@ def test_retrieval_matches_brute_force(tiny_beir, tiny_model_dir, cache_dir, tmp
     t = trainer(tmp_path, max_steps=1, limit_val_batches=0)
     t.fit(model, data(tiny_beir, tiny_model_dir, cache_dir))
     queries = np.random.default_rng(0).standard_normal((9, 32)).astype(np.float32)
-    docs = np.asarray(model.corpus_embeddings())
+    docs = np.asarray(model.fixed_index().embeddings)
     want = torch.topk(torch.from_numpy(queries).double() @ torch.from_numpy(docs).double().T, 20)
-    scores, rows = model.fixed_index().search(queries, 20)
+    scores, rows = model.fixed_index().search_local(queries, 20)
     np.testing.assert_array_equal(rows, want.indices.numpy())
     np.testing.assert_allclose(scores, want.values.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(model.fixed_index().vectors(rows[0], torch.device("cpu")).numpy(), docs[rows[0]])
@@ -135,7 +138,7 @@ def test_resume_reuses_the_embeddings_and_a_changed_file_is_an_error(tiny_beir, 
     assert resumed.global_step == 4 and resumed.corpus_encodings == 0
     assert resumed.index_source == first.index_source
 
-    shard = next(first.corpus_embeddings().directory.glob("shard-*.npy"))
+    shard = next(Path(first.index_source["directory"]).glob("shard-*.npy"))
     array = np.load(shard, mmap_mode="r+")
     array[0, 0] += 1.0
     array.flush()
@@ -178,10 +181,10 @@ def test_killed_fit_resumes_without_re_encoding(tmp_path, tiny_beir, tiny_model_
         "model": {"class_path": "lit_dr.LTRe", "init_args": {
             "encoder": {"class_path": "lit_dr.Encoder",
                         "init_args": {"model_name_or_path": tiny_model_dir, "normalize": True}},
-            "init_checkpoint": warm_start, "depth": 20, "temperature": 0.1, "embedding_dir": str(emb),
+            "init_checkpoint": warm_start, "depth": 20, "temperature": 0.1,
             "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}}}},
         "data": {"dataset": str(tiny_beir), "cache_dir": cache_dir, "train_batch_size": 4, "num_negatives": 0,
-                 "negatives": "none", "show_progress": False},
+                 "negatives": "none", "show_progress": False, "embedding_dir": str(emb)},
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 8, "limit_val_batches": 0,
                     "enable_progress_bar": False, "enable_model_summary": False, "logger": False,
                     "default_root_dir": str(tmp_path), "callbacks": [

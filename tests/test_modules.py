@@ -41,7 +41,8 @@ def test_fine_tuning_improves_dev_retrieval(module_cls, tiny_beir, tiny_model_di
 
 
 def test_checkpoint_round_trip_from_python(tiny_beir, tiny_model_dir, cache_dir, tmp_path):
-    model = SamToNe(encoder=Encoder(tiny_model_dir, projection_dim=8), temperature=0.2, symmetric=True)
+    model = SamToNe(encoder=Encoder(tiny_model_dir, projection_dim=8), temperature=0.2, symmetric=True,
+                   optimizer=torch.optim.AdamW)
     trainer = tiny_trainer(tmp_path, max_steps=2, limit_val_batches=0)
     trainer.fit(model, tiny_dm(tiny_beir, tiny_model_dir, cache_dir))
     path = tmp_path / "model.ckpt"
@@ -56,7 +57,7 @@ def test_checkpoint_round_trip_from_python(tiny_beir, tiny_model_dir, cache_dir,
 
 
 def test_separate_document_tower(tiny_model_dir):
-    model = BM25Negatives(encoder=Encoder(tiny_model_dir), doc_encoder=Encoder(tiny_model_dir, pooling="cls"))
+    model = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir), doc_encoder=Encoder(tiny_model_dir, pooling="cls"))
     assert model.document_tower is model.doc_encoder and model.doc_encoder is not model.encoder
     with torch.no_grad():
         model.doc_encoder.model.embeddings.word_embeddings.weight.add_(1.0)
@@ -66,13 +67,13 @@ def test_separate_document_tower(tiny_model_dir):
 
 
 def test_warm_start_from_checkpoint(tiny_beir, tiny_model_dir, cache_dir, tmp_path):
-    source = BM25Negatives(encoder=Encoder(tiny_model_dir))
+    source = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir))
     with torch.no_grad():
         source.encoder.model.embeddings.word_embeddings.weight.mul_(2.0)
     trainer = tiny_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(source, tiny_dm(tiny_beir, tiny_model_dir, cache_dir))
     trainer.save_checkpoint(tmp_path / "warm.ckpt")
-    target = SamToNe(encoder=Encoder(tiny_model_dir), init_checkpoint=str(tmp_path / "warm.ckpt"))
+    target = SamToNe(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir), init_checkpoint=str(tmp_path / "warm.ckpt"))
     target.apply_warm_start()  # what the first fit (or validate / test / predict) does
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -80,7 +81,7 @@ def test_warm_start_from_checkpoint(tiny_beir, tiny_model_dir, cache_dir, tmp_pa
 
 def test_base_module_says_what_to_override(tiny_model_dir):
     with pytest.raises(NotImplementedError, match="must override compute_loss"):
-        BiEncoderModule(encoder=Encoder(tiny_model_dir)).compute_loss(None, None, None)
+        BiEncoderModule(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir)).compute_loss(None, None, None)
 
 
 class MarginRanking(BiEncoderModule):

@@ -139,7 +139,7 @@ def fit_with_refresh(root, tiny_model_dir, tmp_path, option, query_depth=4, num_
     """One step of DANCE after a refresh before it (depth = corpus, every candidate kept; negative queries from
     the top `query_depth` training queries of each positive document, all of them kept)."""
     L.seed_everything(0)
-    model = DANCE(encoder=Encoder(tiny_model_dir, projection_dim=8, normalize=True), temperature=0.1,
+    model = DANCE(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir, projection_dim=8, normalize=True), temperature=0.1,
                   dual_weight=0.5, run_dir=str(tmp_path / "runs"))
     dm = RetrievalDataModule(str(root), tokenizer=tiny_model_dir, cache_dir=str(tmp_path / "cache"),
                              train_batch_size=4, num_negatives=1, num_negative_queries=num_negative_queries,

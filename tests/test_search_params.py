@@ -22,7 +22,8 @@ from lit_dr.training import NegativeRefresh
 from lit_dr.index.embeddings import EmbeddingShards, finish_shard, open_shard_for_writing, shard_path, write_meta
 from lit_dr.commands.inference import index_corpus, search_index
 from lit_dr.evaluation.metrics import read_trec_run
-from lit_dr.index.search import FixedIndex, exact_search_stream, search_backend, search_embeddings
+from lit_dr.index.search import FixedIndex, exact_search_stream, search_backend
+from lit_dr.index.corpus_index import CorpusIndex
 
 TRAINER = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                accelerator="cpu")
@@ -96,7 +97,7 @@ def test_to_gpu_uses_float16_lookup_tables_for_ivf_pq64(monkeypatch, factory, fl
 # -- search parameters: validation, the CPU index, the warning ------------------------------------------------
 def test_search_params_are_checked_early_naming_the_factory(tiny_model_dir):
     with pytest.raises(ValueError, match="'HNSW32' has no search parameter 'nprobe'"):
-        BM25Negatives(encoder=Encoder(tiny_model_dir), index_factory="HNSW32", search_params={"nprobe": 8})
+        BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir), index_factory="HNSW32", search_params={"nprobe": 8})
     with pytest.raises(ValueError, match="'Flat' has no search parameter"):
         NegativeRefresh(index_factory="Flat", search_params={"nprobe": 8})
     with pytest.raises(ValueError, match="'IVF64,Flat' has no search parameter 'efSearch'"):
@@ -117,15 +118,15 @@ def test_fixed_index_sets_nprobe_on_the_cpu_index(tmp_path):
 def test_short_results_are_counted_in_one_warning(tmp_path, caplog):
     shards, queries = shards_of(tmp_path)
     with caplog.at_level(logging.WARNING, logger="lit_dr.index.search"):
-        _, rows = search_embeddings(shards, queries, 400, "IVF8,Flat", params={"nprobe": 1})
+        _, rows = CorpusIndex.open(shards.directory).search(queries, 400, "IVF8,Flat", {"nprobe": 1}, share=False)
     filled = (rows >= 0).sum(1)
     assert (filled < 400).all()  # one list of 8: about 50 of 400 documents
     expected = f"12 of 12 queries got fewer than k=400 results (mean {filled.mean():.1f}); raise nprobe/efSearch"
     assert [r.getMessage() for r in caplog.records] == [f"IVF8,Flat search: {expected}"]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="lit_dr.index.search"):
-        search_embeddings(shards, queries, 400, "IVF8,Flat", params={"nprobe": 8})
-        search_embeddings(shards, queries, 400, "Flat")
+        CorpusIndex.open(shards.directory).search(queries, 400, "IVF8,Flat", {"nprobe": 8}, share=False)
+        CorpusIndex.open(shards.directory).search(queries, 400, "Flat", share=False)
     assert not caplog.records
 
 
@@ -177,18 +178,19 @@ def test_evaluation_searches_the_ivf_with_its_search_params(tiny_beir, tiny_mode
 
 @pytest.mark.parametrize("nprobe", [1, 4])
 def test_refresh_and_dance_query_index_use_the_refresh_factory_and_params(tiny_beir, tiny_model_dir, cache_dir,
-                                                                          tmp_path, nprobe):
+                                                                          tmp_path, nprobe, monkeypatch):
     L.seed_everything(0)
-    model = DANCE(encoder=Encoder(tiny_model_dir, projection_dim=16, normalize=True), run_dir=str(tmp_path / "runs"))
+    model = DANCE(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir, projection_dim=16, normalize=True),
+                  run_dir=str(tmp_path / "runs"))
     calls = []
-    search = model.search
+    search = CorpusIndex.search
 
-    def spy(embeddings, queries, k, factory, share=True, params=None):
-        d, i = search(embeddings, queries, k, factory, share, params)
-        calls.append((factory, params, k, i, search(embeddings, queries, k, "Flat", share)[1]))
+    def spy(self, queries, k, factory="Flat", params=None, share=True, resident=False):
+        d, i = search(self, queries, k, factory, params, share, resident)
+        calls.append((factory, params, k, i, search(self, queries, k, "Flat", None, share, resident)[1]))
         return d, i
 
-    model.search = spy
+    monkeypatch.setattr(CorpusIndex, "search", spy)
     refresh = NegativeRefresh(every_n_steps=100, depth=64, num_negatives=4, index_factory="IVF4,Flat",
                               search_params={"nprobe": nprobe}, mine_queries=True, query_depth=16,
                               table_dir=str(tmp_path / "neg"))
@@ -212,7 +214,7 @@ def test_refresh_and_dance_query_index_use_the_refresh_factory_and_params(tiny_b
 def checkpoint(tmp_path_factory, tiny_beir, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("ckpt")
     L.seed_everything(0)
-    model = BM25Negatives(encoder=Encoder(tiny_model_dir, projection_dim=16, normalize=True))
+    model = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir, projection_dim=16, normalize=True))
     dm = RetrievalDataModule(str(tiny_beir), tokenizer=tiny_model_dir, negatives="none", cache_dir=str(tmp / "cache"),
                              show_progress=False)
     trainer = L.Trainer(max_steps=0, default_root_dir=str(tmp), **TRAINER)

@@ -37,7 +37,7 @@ class SaveRunConfig(SaveConfigCallback):
 
 DEFAULT_ROOT_DIR = "runs"
 # Model options that do not change the weights: the command line and config win over a checkpoint's saved values.
-RUN_OPTIONS = ("run_dir", "eval_depth", "index_factory", "embedding_dir", "embedding_dtype")
+RUN_OPTIONS = ("run_dir", "eval_depth", "index_factory", "search_params")
 
 
 def default_logger() -> dict:

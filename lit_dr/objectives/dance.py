@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from lit_dr.data.batches import TrainBatch
+from lit_dr.index.corpus_index import CorpusIndex
 from lit_dr.index.embeddings import EmbeddingShards
 from lit_dr.models.losses import alignment, dual_two_way_nll, two_way_nll, uniformity
 from lit_dr.objectives.base import BiEncoderModule
@@ -81,14 +82,12 @@ class DANCE(BiEncoderModule):
         return {"negative_queries": ("query", batch.negative_queries)}
 
     def compute_loss(self, q: Tensor, d: Tensor, batch: TrainBatch, negative_queries: Tensor | None = None) -> Tensor:
-        """`negative_queries`: (B * K, H) embeddings of `batch.negative_queries` (embedded by the base module; a
-        direct call without them embeds them here)."""
-        if batch.negative_queries is None or self.dual_weight == 0:  # stage 1
+        """`negative_queries`: (B * K, H) embeddings of `batch.negative_queries` (embedded by the base module,
+        `extra_texts`); None in stage 1."""
+        if negative_queries is None:  # stage 1: no negative queries, or dual_weight 0 (`extra_texts`)
             return two_way_nll(q, d, batch.group_size, self.temperature)
-        if negative_queries is None:
-            negative_queries = self.encode_queries(batch.negative_queries)  # (B * K, H)
         k = negative_queries.shape[0] // q.shape[0]
         return dual_two_way_nll(q, d, negative_queries, batch.group_size, k, self.temperature, self.dual_weight)
 
-    def extra_eval_metrics(self, query_rows: np.ndarray, queries: Tensor, docs: EmbeddingShards) -> dict[str, float]:
-        return embedding_geometry(queries, docs, self.trainer.datamodule.relevance_for(query_rows))
+    def extra_eval_metrics(self, query_rows: np.ndarray, queries: Tensor, index: CorpusIndex) -> dict[str, float]:
+        return embedding_geometry(queries, index.embeddings, self.data.relevance_for(query_rows))

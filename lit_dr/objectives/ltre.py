@@ -16,7 +16,7 @@ from lit_dr.data.batches import TrainBatch
 from lit_dr.index.embeddings import EmbeddingShards
 from lit_dr.models.losses import listwise_softmax_loss, ltre_pairwise_loss
 from lit_dr.objectives.base import BiEncoderModule
-from lit_dr.index.search import FixedIndex, even_share, gather_rows
+from lit_dr.index.corpus_index import CorpusIndex
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class LTRe(BiEncoderModule):
         temperature: divides the scores before the loss (1 for the papers' dot product; about 0.05 for cosine).
         append_positives: append unretrieved judged-relevant documents when none was retrieved (released
             code) or always.
-        doc_embeddings: a directory of corpus embeddings already written by lit_dr (`embed_to_files`) to use
+        doc_embeddings: a directory of corpus embeddings already written by lit_dr (`CorpusIndex.embed`) to use
             as the fixed index instead of encoding (for several runs from one warm start).
         **kwargs: the towers, optimizer and evaluation options of `BiEncoderModule`.
     """
@@ -119,42 +119,45 @@ class LTRe(BiEncoderModule):
         self.doc_encoder.requires_grad_(False)
         self.index_source: dict | None = None  # what the fixed index was made from; kept in checkpoints
         self.corpus_encodings = 0  # how often this module encoded the corpus (once per fit at most)
-        self._embeddings: EmbeddingShards | None = None
-        self._index: FixedIndex | None = None
+        self._fixed: CorpusIndex | None = None  # the data module's corpus index once it holds the fixed embeddings
 
-    # -- the fixed index -----------------------------------------------------------------------------
-    def corpus_embeddings(self) -> EmbeddingShards:
-        """The fixed document embeddings: encoded once by the document tower as it stands before the first step,
-        or reopened from `doc_embeddings` / the checkpoint's record (checked against its digest)."""
-        if self._embeddings is not None:
-            return self._embeddings
+    # -- the fixed index: the data module's corpus index, embedded once ---------------------------------------
+    def fixed_index(self) -> CorpusIndex:
+        """The data module's corpus index holding the fixed document embeddings: embedded once by the document tower
+        as it stands before the first step, or reopened from `doc_embeddings` / the checkpoint's record (checked
+        against its digest). Never re-embedded: evaluation searches it as it is."""
+        index = self.data.corpus_index
+        if self._fixed is index and index.embeddings is not None:
+            return index
         recorded = self.index_source or {}
         directory = self.hparams.doc_embeddings or recorded.get("directory")
         if directory is not None:
-            embeddings = EmbeddingShards(directory)
-            digest = self._digest(embeddings)
+            index.adopt(EmbeddingShards(directory))
+            digest = self._digest(index.embeddings)
             if recorded.get("digest") not in (None, digest):
                 raise ValueError(f"LTRe's fixed document embeddings in {directory} changed since the checkpoint was "
                                  f"written (digest {digest[:12]}, recorded {recorded['digest'][:12]})")
             log.info("LTRe: reusing the fixed document embeddings in %s", directory)
         else:
-            embeddings = self.embed_to_files("doc", None, "ltre-corpus")
+            index.embed(self.towers()[1], "ltre-corpus")
             self.corpus_encodings += 1
-            digest = self._digest(embeddings)
-        self.index_source = {"init_checkpoint": self.hparams.init_checkpoint, "rows": len(embeddings),
-                             "directory": str(embeddings.directory.resolve()), "digest": digest}
-        self._embeddings = embeddings
-        return embeddings
+            digest = self._digest(index.embeddings)
+        self.index_source = {"init_checkpoint": self.hparams.init_checkpoint, "rows": len(index.embeddings),
+                             "directory": str(index.embeddings.directory.resolve()), "digest": digest}
+        self._fixed = index
+        return index
 
     def _digest(self, embeddings: EmbeddingShards) -> str:
         digest = embeddings.digest() if self.global_rank == 0 else ""
         return self.trainer.strategy.broadcast(digest) if self._trainer is not None else digest
 
-    def fixed_index(self) -> FixedIndex:
-        if self._index is None:
-            self._index = FixedIndex(self.corpus_embeddings(), self.hparams.index_factory, self.processes(),
-                                     params=self.hparams.get("search_params"))
-        return self._index
+    def evaluation_index(self) -> CorpusIndex:
+        return self.fixed_index()  # evaluation encodes only the queries
+
+    _resident_search = None  # exact search keeps the fixed matrix on the GPU (ADORE does the same)
+
+    def on_fit_start(self) -> None:
+        self.apply_warm_start()  # the fixed index is kept across the fit: no forget_version
 
     def on_train_start(self) -> None:
         self.fixed_index()  # before the first step, while the towers still hold the warm start
@@ -186,19 +189,7 @@ class LTRe(BiEncoderModule):
             log.warning("LTRe checkpoint without its document tower: taking it from the warm start %s", source)
             state.update({k: v for k, v in self.tower_state(source).items() if k.startswith("doc_encoder.")})
         self.index_source = checkpoint.get("ltre_index_source")
-        self._embeddings, self._index = None, None
-
-    def search(self, embeddings: EmbeddingShards, queries: np.ndarray, k: int, factory: str,
-               share: bool = True, params: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Evaluation searches the fixed index built once (`fixed_index`, with `search_params`), not a new one
-        per call."""
-        if embeddings is not self._embeddings:
-            return super().search(embeddings, queries, k, factory, share, params)
-        procs = self.processes()
-        if share:
-            queries = queries[even_share(len(queries), procs.rank, procs.world_size)]
-        d, i = self.fixed_index().search(queries, k)
-        return gather_rows(d, procs), gather_rows(i, procs)
+        self._fixed = None
 
     # -- training: full retrieval for the batch's queries, a ranking loss on what came back ---------------
     def trainable_parameters(self):
@@ -208,12 +199,14 @@ class LTRe(BiEncoderModule):
         index = self.fixed_index()
         q = self.encode_queries(batch.queries)  # (B, H)
         # Ranked in float32 with autocast off (FixedIndex.search): a bf16 ranking ties distinct scores.
-        _, ranked = index.search(q.detach().float().cpu().numpy(), self.depth)  # (B, depth)
-        relevance = self.trainer.datamodule.relevance_for(batch.query_rows.cpu().numpy())
+        factory, params = self.hparams.index_factory, self.hparams.get("search_params")
+        _, ranked = index.search_local(q.detach().float().cpu().numpy(), self.depth, factory, params,
+                                       resident=None)  # (B, depth)
+        relevance = self.data.relevance_for(batch.query_rows.cpu().numpy())
         lists = ranked_lists(ranked, relevance, self.depth, self.append_positives)
         valid = torch.from_numpy(lists.valid).to(q.device)  # (B, L)
         docs = q.new_zeros((*lists.rows.shape, q.shape[1]), dtype=torch.float32)  # (B, L, H)
-        docs[valid] = index.vectors(lists.rows[lists.valid], q.device)
+        docs[valid] = index.vectors(lists.rows[lists.valid], q.device, factory, params, resident=None)
         with torch.autocast(q.device.type, enabled=False):  # scores in fp32, as ADORE
             scores = torch.einsum("bh,blh->bl", q.float(), docs) / self.temperature  # (B, L)
         relevant = torch.from_numpy(lists.relevant).to(q.device)

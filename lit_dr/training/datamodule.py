@@ -23,6 +23,11 @@ from lit_dr.data.formats import (
 from lit_dr.data.judgments import given_negatives, load_qrels, warn_overlap
 from lit_dr.data.sampling import EpochSampler, NegativesTable, QueryShardSampler, draw_rows
 from lit_dr.data.token_store import TokenStore, cached_store, default_cache_dir
+from lit_dr.files import shared_run_directory
+from lit_dr.index.corpus_index import CorpusIndex, Encoding
+from lit_dr.index.embeddings import EmbeddingDtype
+from lit_dr.index.encoding import autocast_factory
+from lit_dr.index.search import Processes
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,8 @@ class RetrievalDataModule(L.LightningDataModule):
         sampling_seed: seeds the batch order and the draws of positives and negatives; None (default): `seed`.
             Set it to repeat a fit with other batches on the same dev split (`seed` also carves the split).
         duplicate_ids: what a repeated corpus or query id does: raise, or keep the first with a counted warning.
+        embedding_dir: where the corpus index keeps its embedding files; default `embeddings/` in the run's directory.
+        embedding_dtype: how they are stored (float16 halves the files; search is float32).
         num_workers: loader workers only shuffle query rows; documents and negatives are attached in the main
             process (`on_before_batch_transfer`), as a batch is a slice of a memory map. So 0 is the default,
             and a refreshed negatives table applies from the next batch whatever the number of workers.
@@ -80,6 +87,8 @@ class RetrievalDataModule(L.LightningDataModule):
         sampling_seed: int | None = None,
         duplicate_ids: Literal["error", "keep_first"] = "error",
         cache_dir: str | None = None,
+        embedding_dir: str | None = None,
+        embedding_dtype: EmbeddingDtype = "float32",
         num_workers: int = 0,
         show_progress: bool = True,
     ) -> None:
@@ -98,6 +107,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self._loaded = False  # stores, splits and judgments: set together, only by a `setup` that succeeds
         self._initial_negatives_set = False
         self._empty_because: dict[str, str] = {}  # split -> why it has no queries
+        self._corpus_index: CorpusIndex | None = None
 
     # -- locations -------------------------------------------------------------------------------------
     @property
@@ -193,6 +203,7 @@ class RetrievalDataModule(L.LightningDataModule):
                           for q, rel in relevance.items()}
         self._empty_because, self._queries_of_doc = empty_because, {}
         self._loaded, self._initial_negatives_set = True, False
+        self._corpus_index = None
 
     def require_split(self, split: str) -> np.ndarray:
         """The query rows of `split`, or an error naming its qrels file and why it has none."""
@@ -230,6 +241,46 @@ class RetrievalDataModule(L.LightningDataModule):
                                 cache_dir=self.cache_dir / "bm25", show_progress=self.hparams.show_progress)
         mined = hard_negatives_from_ranking(ranked, self.excluded_docs(train), depth)
         return NegativesTable({int(q): m for q, m in zip(train, mined, strict=True)}, source=f"bm25@{depth}")
+
+    # -- the corpus index: embeddings, FAISS and search (`lit_dr.index.CorpusIndex`) ------------------------
+    @property
+    def corpus_index(self) -> CorpusIndex:
+        """The corpus's embeddings on disk and search over them, held here for evaluation, the refresh and LTRe;
+        its process and encoding settings follow the trainer (its device, precision and rank)."""
+        if self._corpus_index is None:
+            self._corpus_index = self.text_index(self.corpus)
+        self._corpus_index.procs, self._corpus_index.encoding = self.processes(), self.encoding()
+        return self._corpus_index
+
+    def text_index(self, store: TokenStore, rows: np.ndarray | None = None) -> CorpusIndex:
+        """A new index over `store` rows in the embedding directory (DANCE's refresh indexes the training queries)."""
+        return CorpusIndex(store, self.embedding_root, rows, self.hparams.embedding_dtype, self.processes(),
+                           self.encoding())
+
+    def embedding_root(self) -> Path:
+        """`embedding_dir`, else `embeddings/` in the run directory (the same on every process: collective)."""
+        given = self.hparams.get("embedding_dir")
+        return Path(given) if given else shared_run_directory(self.trainer) / "embeddings"
+
+    def processes(self) -> Processes:
+        """This process's rank, device and collectives, from the trainer (one CPU process without one)."""
+        trainer = self.trainer
+        if trainer is None:
+            return Processes()
+        world, strategy = trainer.world_size, trainer.strategy
+        return Processes(rank=trainer.global_rank, world_size=world, device=strategy.root_device,
+                         all_gather=strategy.all_gather if world > 1 else None, barrier=strategy.barrier)
+
+    def encoding(self) -> Encoding:
+        trainer = self.trainer
+        if trainer is None:
+            return Encoding(self.hparams.eval_batch_size)
+        return Encoding(self.hparams.eval_batch_size, autocast_factory(trainer.precision_plugin,
+                                                                       trainer.strategy.root_device),
+                        show_progress=trainer.global_rank == 0 and trainer.progress_bar_callback is not None)
+
+    def query_ids(self, rows) -> list[str]:
+        return [str(self.queries.ids[int(r)]) for r in rows]
 
     # -- state the callbacks and modules use --------------------------------------------------------
     def set_negatives(self, table: NegativesTable) -> None:
@@ -381,7 +432,7 @@ class RetrievalDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         # Saved in every checkpoint; the table itself is restored by whoever made it (BM25: `setup`; a refresh
         # callback: its own state).
-        return {"epoch": self.epoch, "consumed": self.consumed, "negatives_version": self.negatives.version}
+        return {"epoch": self.epoch, "consumed": self.consumed}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.consumed = state["epoch"], state["consumed"]

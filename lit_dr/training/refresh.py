@@ -215,16 +215,20 @@ class NegativeRefresh(L.Callback):
             yield
             times[f"time_{name}_s"] = time.perf_counter() - start
 
-        # Embeddings go to disk, each process writing its share; each process then searches the whole corpus
-        # for the training queries it encoded itself, and the rankings are gathered (`lit_dr.index.search`).
+        # Embeddings go to disk, each process writing its share (the data module's corpus index; a validation at
+        # the same step reuses them); each process then searches the whole corpus for the training queries it
+        # encoded itself, and the rankings are gathered. The towers are the module's, as plain callables.
+        query_tower, doc_tower = pl_module.towers()
+        corpus = dm.corpus_index
         with phase("encode_corpus"):
-            docs = pl_module.corpus_embeddings()  # (N, H) on disk
+            corpus.embed(doc_tower, f"corpus-step{trainer.global_step:07d}", version=trainer.global_step)  # (N, H)
         with phase("encode_queries"):
-            queries = pl_module.embed_to_files("query", train, f"train-queries-g{generation:04d}")  # (Q, H)
+            queries = dm.text_index(dm.queries, train)  # (Q, H) on disk, row i = train[i]
+            queries.embed(query_tower, f"train-queries-g{generation:04d}")
         with phase("search"):
-            mine = queries.shard(trainer.global_rank)  # (Q_r, H): this process's queries
-            _, ranked = pl_module.search(docs, mine, min(self.depth, len(dm.corpus)), self.index_factory,
-                                         share=False, params=self.search_params)  # (Q, depth), every process's
+            mine = queries.embeddings.shard(trainer.global_rank)  # (Q_r, H): this process's queries
+            _, ranked = corpus.search(mine, self.depth, self.index_factory, self.search_params,
+                                      share=False)  # (Q, depth), every process's
         with phase("sample"):
             mined = sample_negatives(ranked, train, dm.excluded_docs(train), self.num_negatives, self.skip,
                                      self.seed, generation, relevant=[dm.positives[q] for q in train])
@@ -234,15 +238,13 @@ class NegativeRefresh(L.Callback):
                 positives = np.array(sorted({int(p) for q in train for p in dm.positives[q]}), dtype=np.int64)
                 share = positives[even_share(len(positives), trainer.global_rank, trainer.world_size)]
                 query_factory = fit_nlist(self.index_factory, len(train))  # the refresh's index, over the queries
-                _, near = pl_module.search(queries, docs.take(share), min(self.query_depth, len(train)),
-                                           query_factory, share=False,
-                                           params=self.search_params)  # (P, query_depth) positions in `train`
-                near = np.where(near >= 0, train[np.maximum(near, 0)], -1)  # positions -> query rows
+                _, near = queries.search(corpus.embeddings.take(share), self.query_depth, query_factory,
+                                         self.search_params, share=False)  # (P, query_depth) query rows
                 query_candidates = sample_negatives(
                     near, positives, [dm.excluded_queries(d) for d in positives], self.num_negative_queries, 0,
                     self.seed, generation, relevant=[dm.relevant_queries(d) for d in positives],
                 ).candidates
-        pl_module.remove_embeddings(queries)  # every process is past the searches' gathers
+        queries.remove()  # every process is past the searches' gathers
         times["time_total_s"] = sum(times.values())
         return mined.candidates, query_candidates, {**mined.stats, **times}
 
