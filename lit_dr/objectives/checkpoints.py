@@ -31,8 +31,6 @@ def trained_class(checkpoint_path) -> type | None:
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
     path = checkpoint.get("hyper_parameters", {}).get("_class_path") or checkpoint.get("lit_dr", {}).get("class_path")
     module, _, name = (path or "").rpartition(".")
-    if module.startswith(("lit_dr.modules", "lit_dr.callbacks")):  # written before the package had layers
-        module = "lit_dr"
     return getattr(sys.modules.get(module), name, None) if module else None
 
 
