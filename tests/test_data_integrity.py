@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from lit_dr import BM25Negatives, Encoder
-from lit_dr.mining.bm25 import bm25_search
-from lit_dr.training import RetrievalDataModule
 from lit_dr.data.formats import DataFormatError, dataset_files, iter_texts, read_negatives, read_qrels
 from lit_dr.data.token_store import build_store
+from lit_dr.mining.bm25 import bm25_search
+from lit_dr.training import RetrievalDataModule
 
 from conftest import write_beir
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lit_dr.mining.miners import Miner, PositiveAwareMiner, Ranking, UniformMiner, lowest_positive_scores, usable
+from lit_dr.mining.miners import (
+    Miner,
+    PositiveAwareMiner,
+    Ranking,
+    UniformMiner,
+    lowest_positive_scores,
+    usable,
+)
 from lit_dr.mining.tables import table_digest
 
 
@@ -134,3 +141,45 @@ def test_miners_are_chosen_by_class_path_and_describe_themselves():
     assert NegativeRefresh(skip=0).miner.skip == 0 and NegativeRefresh(skip=3).miner.skip == 3
     with pytest.raises(ValueError, match="deprecated"):
         NegativeRefresh(skip=3, miner=UniformMiner())
+
+
+# -- in the refresh ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    from test_relevance import write_graded
+
+    return write_graded(tmp_path_factory.mktemp("graded") / "data")
+
+
+def test_refresh_with_the_positive_aware_miner_against_brute_force(graded, tiny_model_dir, tmp_path):
+    """Documents and (DANCE) queries: every candidate kept (depth and num cover everything), minus the excluded
+    ones, minus those scoring at least the positive's score (max_relative 1.0), by a loop over the embeddings."""
+    import json
+
+    from test_relevance import N_DOCS, N_TRAIN, fit_with_refresh
+
+    dm, refresh = fit_with_refresh(graded, tiny_model_dir, tmp_path, "positives", query_depth=N_TRAIN,
+                                   miner=PositiveAwareMiner(max_relative=1.0))
+    train = dm.split_rows["train"].tolist()
+    gaps = []
+    for q in train:
+        s = refresh.q[q] @ refresh.d.T  # (N,) float64
+        p = min(float(s[d]) for d in dm.positives[q])
+        gaps += [abs(float(v) - p) for d, v in enumerate(s) if d not in dm.positives[q]]
+        want = {d for d in range(N_DOCS) if d not in dm.positives[q] and s[d] < p}
+        assert set(dm.negatives.candidates[q].tolist()) == want, q
+    docs = sorted({int(d) for q in train for d in dm.positives[q]})
+    for d in docs:
+        s = {q: float(refresh.d[d] @ refresh.q[q]) for q in train}
+        relevant = dm.relevant_queries(d) & set(train)
+        p = min(s[q] for q in relevant)
+        gaps += [abs(v - p) for q, v in s.items() if q not in relevant]
+        want = {q for q in train if q not in dm.excluded_queries(d) and s[q] < p}
+        assert set(dm.negatives.query_candidates[d].tolist()) == want, d
+    assert min(gaps) > 1e-5  # no near-tie with a positive: float32 search scores and this loop agree
+    stats = refresh.history[0]
+    assert 0 < stats["margin_dropped"] < 1 and 0 < stats["queries_margin_dropped"] < 1
+    record = json.loads((tmp_path / "neg" / "refreshes.jsonl").read_text().splitlines()[0])
+    assert record["miner"] == {"class_path": "lit_dr.mining.miners.PositiveAwareMiner",
+                               "init_args": {"max_relative": 1.0, "absolute_margin": None, "skip": 0}}
+    assert record["margin_dropped"] == stats["margin_dropped"]
