@@ -1,7 +1,8 @@
 """Checkpoints stand alone: a warm start is read once, at the start of a fresh fit, so every later checkpoint loads,
 validates, tests, resumes and (LTRe) exports after the warm-start file is gone; a resume keeps the checkpoint's
 weights; no lit_dr loader runs a pickle; gradient checkpointing is non-reentrant and exact under gradient caching;
-the refresh restores each process's own generators, on fewer devices too."""
+`RandomState` restores each process's own generators, on fewer devices too, from older refresh states too, and a
+fit without a refresh resumed mid-epoch ends with the same weights."""
 
 from __future__ import annotations
 

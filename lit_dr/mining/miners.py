@@ -102,6 +102,7 @@ class Miner:
     (`uniform_draw`), or with `num=None` all of them are kept, in rank order (the BM25 table).
     Args of the call: exclude / relevant: per key, the rows it may not take and its positives (grade > 0, what the
     figures count); seed / generation: seed the draw.
+    A subclass keeps each `__init__` argument as an attribute of the same name (`config` reads them back).
     """
 
     needs_positive_scores = False  # the refresh computes `Ranking.positive_scores` only for a miner that says so
