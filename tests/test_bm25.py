@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import Stemmer  # noqa: F401 (a dependency: a broken install fails here, never skips)
 
-from lit_dr.mining.bm25 import bm25_cache_key, bm25_search, hard_negatives_from_ranking
+from lit_dr.mining.bm25 import bm25_cache_key, bm25_search
+from lit_dr.mining.miners import Ranking, UniformMiner
 
 CORPUS = [
     "The cat sat on the mat and purred.",
@@ -75,10 +76,12 @@ def test_cache_key_depends_on_texts_and_parameters() -> None:
     assert key == bm25_cache_key(("ab", "c"), "english", "en", 1.5, 0.75)
 
 
-def test_hard_negatives_drop_relevant_and_empty_keep_order() -> None:
-    rows = np.array([[5, 3, -1, 8, 2, 9], [4, 1, 7, 0, -1, -1], [6, 2, 1, 3, 0, 5]])
-    got = hard_negatives_from_ranking(rows, [{3}, set(), [6, 2, 1]], depth=4)
-    assert [g.tolist() for g in got] == [[5, 8], [4, 1, 7, 0], [3]]
-    assert all(g.dtype == np.int64 for g in got)
-    with pytest.raises(ValueError):
-        hard_negatives_from_ranking(rows, [{3}], depth=4)
+def test_bm25_table_drops_relevant_and_empty_keeps_order() -> None:
+    """The BM25 table's rule (`_bm25_negatives`): every usable row of the ranking, in rank order."""
+    rows = np.array([[5, 3, -1, 8], [4, 1, 7, 0], [6, 2, 1, 3]])
+    mined = UniformMiner()(Ranking([10, 11, 12], rows), [{3}, set(), [6, 2, 1]], [{3}, set(), {6}], num=None)
+    assert [g.tolist() for g in mined.candidates.values()] == [[5, 8], [4, 1, 7, 0], [3]]
+    assert list(mined.candidates) == [10, 11, 12]
+    assert all(g.dtype == np.int64 for g in mined.candidates.values())
+    with pytest.raises(ValueError, match="3 ranked lists but 1"):
+        UniformMiner()(Ranking([10, 11, 12], rows), [{3}], [{3}] * 3, num=None)

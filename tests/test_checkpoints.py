@@ -1,7 +1,8 @@
 """Checkpoints stand alone: a warm start is read once, at the start of a fresh fit, so every later checkpoint loads,
 validates, tests, resumes and (LTRe) exports after the warm-start file is gone; a resume keeps the checkpoint's
 weights; no lit_dr loader runs a pickle; gradient checkpointing is non-reentrant and exact under gradient caching;
-the refresh restores each process's own generators, on fewer devices too."""
+`RandomState` restores each process's own generators, on fewer devices too, from older refresh states too, and a
+fit without a refresh resumed mid-epoch ends with the same weights."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from lit_dr import BM25Negatives, Encoder, LTRe, RetrievalDataModule
+from lit_dr.objectives.random_state import RandomState
 from lit_dr.training.refresh import NegativeRefresh
 
 
@@ -241,7 +243,7 @@ def test_gradient_checkpointing_is_non_reentrant_and_exact_under_gradient_cachin
 
 # -- the refresh's random generators --------------------------------------------------------------------------------
 def test_each_process_restores_its_own_generator_and_a_missing_one_is_no_error():
-    from lit_dr.training.refresh import restore_rng_state
+    from lit_dr.objectives.random_state import restore_rng_state
 
     states = {}
     for rank in (0, 1):
@@ -276,12 +278,73 @@ def test_refresh_resumes_on_fewer_gpus_with_each_process_its_own_device_state(mo
     gpu0 = torch.device("cuda", 0)
     saving = SimpleNamespace(strategy=SimpleNamespace(root_device=gpu0), global_rank=0, world_size=1,
                              is_global_zero=True)
-    callback = NegativeRefresh(before_first_step=False, table_dir=str(tmp_path))
+    callback = RandomState()
     callback.setup(saving, SimpleNamespace(device=gpu0), "fit")
     state = callback.state_dict()  # a 2-GPU machine's process 0
 
     fake["count"] = 1  # resumed where one GPU is visible
-    resumed = NegativeRefresh(before_first_step=False, table_dir=str(tmp_path))
+    resumed = RandomState()
     resumed.load_state_dict(state)
     resumed.on_train_start(saving, SimpleNamespace(device=gpu0))
     assert fake["set"] == [(0, 0)]  # device 0's own state, on device 0 only
+
+
+def test_generators_saved_by_an_older_refresh_are_restored(caplog):
+    """Checkpoints written before `RandomState` hold the generators in the refresh's state, under "rng": per rank,
+    or (older still) rank 0's CPU state and every device's CUDA states."""
+    cpu = SimpleNamespace(global_rank=1, world_size=3, is_global_zero=False)
+    want = [torch.manual_seed(seed).get_state() for seed in (11, 12)]
+    by_rank = {"by_rank": {0: {"torch": want[0]}, 1: {"torch": want[1]}}}
+    for name, saved, rank, expected in (("per rank", by_rank, 1, want[1]), ("oldest", {"torch": want[0], "cuda": []},
+                                                                            0, want[0])):
+        checkpoint = {"callbacks": {"NegativeRefresh": {"generation": 2, "rng": saved}, "ModelCheckpoint{}": {}}}
+        torch.manual_seed(5)
+        callback = RandomState()
+        callback.on_load_checkpoint(cpu, None, checkpoint)
+        callback.on_train_start(SimpleNamespace(global_rank=rank, world_size=2, is_global_zero=rank == 0),
+                                SimpleNamespace(device=torch.device("cpu")))
+        assert torch.equal(torch.get_rng_state(), expected), name
+    # Its own state wins over a refresh's; the refresh ignores the old key.
+    torch.manual_seed(6)
+    own = RandomState().state_dict()
+    callback = RandomState()
+    callback.on_load_checkpoint(cpu, None, {"callbacks": {"NegativeRefresh": {"rng": by_rank}, "RandomState": own}})
+    callback.load_state_dict(own)
+    torch.manual_seed(5)
+    with caplog.at_level("WARNING"):
+        callback.on_train_start(SimpleNamespace(global_rank=0, world_size=2, is_global_zero=True),
+                                SimpleNamespace(device=torch.device("cpu")))
+    assert torch.equal(torch.get_rng_state(), own["rng"]["by_rank"][0]["torch"])
+    assert "generators of 1 process(es), this run has 2" in caplog.text
+    refresh = NegativeRefresh()
+    refresh.load_state_dict({"generation": 2, "last_step": 8, "table_path": None, "table_digest": None,
+                             "table_dir": None, "rng": by_rank})
+    assert refresh.generation == 2 and not hasattr(refresh, "rng")
+
+
+def test_a_fit_without_refresh_resumed_mid_epoch_ends_with_the_same_weights(tiny_beir, tiny_model_dir, cache_dir,
+                                                                            tmp_path):
+    """BM25 negatives, the tiny BERT's dropout on (0.1), a checkpoint after step 3 of an 8-batch epoch; the resumed
+    fit starts, as a new process would, from the seed, so only the checkpointed generators can make it match."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    config = json.loads((Path(tiny_model_dir) / "config.json").read_text())
+    assert config["hidden_dropout_prob"] > 0  # else there would be nothing to restore
+    dm_args = dict(num_negatives=1, negatives="bm25", bm25_depth=20)
+
+    def fit(root, steps, ckpt_path=None):
+        L.seed_everything(0)
+        model = BM25Negatives(encoder=Encoder(tiny_model_dir, normalize=True), temperature=0.1, optimizer=adamw)
+        checkpoints = ModelCheckpoint(dirpath=root, every_n_train_steps=1, save_top_k=-1, filename="s{step}",
+                                      auto_insert_metric_name=False)
+        dm = data(tiny_beir, tiny_model_dir, cache_dir, **dm_args)
+        t = trainer(root, max_steps=steps, limit_val_batches=0, enable_checkpointing=True,
+                    callbacks=[RandomState(), checkpoints])
+        t.fit(model, dm, ckpt_path=ckpt_path)
+        assert len(t.train_dataloader) > 3  # the checkpoint at step 3 is mid-epoch
+        return towers(model)
+
+    uninterrupted = fit(tmp_path / "a", 6)
+    fit(tmp_path / "b", 3)  # interrupted after step 3
+    resumed = fit(tmp_path / "b", 6, ckpt_path=str(tmp_path / "b" / "s3.ckpt"))
+    assert_same(uninterrupted, resumed)

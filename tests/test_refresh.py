@@ -12,28 +12,29 @@ import pytest
 import torch
 import yaml
 
-from lit_dr.mining.miners import load_table, overlap, sample_negatives, save_table, table_digest
+from lit_dr.mining.miners import Ranking, UniformMiner
+from lit_dr.mining.tables import load_table, overlap, save_table, table_digest
 
 TESTS = Path(__file__).resolve().parent
 
 
-def test_sample_negatives_drops_relevant_and_respects_the_window():
+def test_uniform_miner_drops_relevant_and_respects_the_window():
     ranked = np.array([[5, 3, 9, 1, 7, -1], [2, 4, 6, 8, 0, 1]])
-    mined = sample_negatives(ranked, keys=[10, 11], exclude=[{3, 7}, {0}], num=10, skip=1, seed=0, generation=1,
-                             relevant=[{3, 7}, {0}])
+    mined = UniformMiner(skip=1)(Ranking([10, 11], ranked), exclude=[{3, 7}, {0}], relevant=[{3, 7}, {0}], num=10,
+                                 seed=0, generation=1)
     assert mined.candidates[10].tolist() == [1, 9]  # rank 0 skipped, relevant and -1 dropped
     assert mined.candidates[11].tolist() == [1, 4, 6, 8]
     assert mined.stats["positive_in_depth"] == 1.0
     assert mined.stats["positive_mean_rank"] == pytest.approx((2 + 5) / 2)
 
 
-def test_sample_negatives_is_uniform_and_seeded():
-    ranked = np.arange(200)[None, :]
-    draws = [sample_negatives(ranked, [0], [{0}], 20, 0, 0, g, [{0}]).candidates[0] for g in range(300)]
+def test_uniform_miner_is_uniform_and_seeded():
+    ranking = Ranking([0], np.arange(200)[None, :])
+    draws = [UniformMiner()(ranking, [{0}], [{0}], 20, 0, g).candidates[0] for g in range(300)]
     assert all(len(d) == 20 and 0 not in d for d in draws)
     counts = np.bincount(np.concatenate(draws), minlength=200)[1:]
     assert counts.min() > 10 and counts.max() < 60  # about 30 each: no rank preference
-    again = sample_negatives(ranked, [0], [{0}], 20, 0, 0, 5, [{0}]).candidates[0]
+    again = UniformMiner()(ranking, [{0}], [{0}], 20, 0, 5).candidates[0]
     assert np.array_equal(again, draws[5])
 
 
@@ -46,7 +47,7 @@ def test_mined_negatives_match_brute_force_topk():
     exact = torch.topk(queries @ docs.T, 30).indices.numpy()
     assert np.array_equal(ranked, exact)
     positives = [{int(exact[i, 0])} for i in range(20)]
-    mined = sample_negatives(ranked, list(range(20)), positives, 30, 0, 0, 1, positives)
+    mined = UniformMiner()(Ranking(np.arange(20), ranked), positives, positives, 30, 0, 1)
     for i in range(20):
         assert set(mined.candidates[i].tolist()) == set(exact[i, 1:].tolist())
 
@@ -94,7 +95,8 @@ def write_config(path: Path, tiny_beir, tiny_model_dir, cache_dir, callback: dic
                     "default_root_dir": str(path.parent),
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": str(path.parent / "logs")}},
-                    "callbacks": [callback], **trainer},
+                    "callbacks": [callback, {"class_path": "lit_dr.objectives.random_state.RandomState"}],
+                    **trainer},
     }
     path.write_text(yaml.safe_dump(config))
     return path

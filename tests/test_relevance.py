@@ -135,7 +135,7 @@ class RecordingRefresh(NegativeRefresh):
         return super()._mine(trainer, pl_module, generation)
 
 
-def fit_with_refresh(root, tiny_model_dir, tmp_path, option, query_depth=4, num_negative_queries=1):
+def fit_with_refresh(root, tiny_model_dir, tmp_path, option, query_depth=4, num_negative_queries=1, miner=None):
     """One step of DANCE after a refresh before it (depth = corpus, every candidate kept; negative queries from
     the top `query_depth` training queries of each positive document, all of them kept)."""
     L.seed_everything(0)
@@ -145,7 +145,8 @@ def fit_with_refresh(root, tiny_model_dir, tmp_path, option, query_depth=4, num_
                              train_batch_size=4, num_negatives=1, num_negative_queries=num_negative_queries,
                              negatives="none", show_progress=False, **option_args(option))
     refresh = RecordingRefresh(every_n_steps=1000, depth=N_DOCS, num_negatives=N_DOCS, mine_queries=True,
-                               query_depth=query_depth, num_negative_queries=N_TRAIN, table_dir=str(tmp_path / "neg"))
+                               query_depth=query_depth, num_negative_queries=N_TRAIN, table_dir=str(tmp_path / "neg"),
+                               miner=miner)
     L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path),
               callbacks=[refresh]).fit(model, dm)

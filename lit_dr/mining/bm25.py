@@ -1,4 +1,4 @@
-"""BM25 retrieval with bm25s (cached on disk) and BM25 hard negatives.
+"""BM25 retrieval with bm25s (cached on disk); its negatives are mined by `lit_dr.mining.miners` like any ranking.
 
 `bm25s` and `Stemmer` (PyStemmer) are imported lazily, inside the functions.
 """
@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -116,24 +116,3 @@ def bm25_search(
     rows[:, :kk] = docs
     return scores, rows
 
-
-def hard_negatives_from_ranking(
-    rows: np.ndarray, exclude: Sequence[Collection[int]], depth: int
-) -> list[np.ndarray]:
-    """Per query, the rows among its first `depth` results that are neither in `exclude` nor -1.
-
-    Args:
-        rows: (Q, K) ranked corpus rows, best first, -1 = empty slot.
-        exclude: Q collections of rows (`RetrievalDataModule.excluded_docs`: positives, or every judged row).
-    Returns:
-        Q int64 arrays in rank order (lengths vary).
-    """
-    if len(exclude) != rows.shape[0]:
-        raise ValueError(f"{rows.shape[0]} ranked lists but {len(exclude)} sets of rows to exclude")
-    out = []
-    for ranked, rel in zip(rows[:, :depth], exclude, strict=True):
-        keep = ranked >= 0
-        if rel:
-            keep &= ~np.isin(ranked, np.fromiter(rel, dtype=np.int64, count=len(rel)))
-        out.append(ranked[keep].astype(np.int64))
-    return out

@@ -15,6 +15,7 @@ from lit_dr.index.faiss_index import check_search_params
 from lit_dr.models.large_batch import gather_keep_local, gather_train_batch, grad_cached_loss
 from lit_dr.objectives.checkpoints import Checkpointed, build_tower, save_tower_hparams
 from lit_dr.objectives.evaluation import Evaluation
+from lit_dr.objectives.random_state import RandomState
 from lit_dr.objectives.data_interface import RetrievalData, retrieval_data
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,10 @@ class BiEncoderModule(Checkpointed, Evaluation):
         if hasattr(scheduler, "set_fit_length"):  # a schedule that ends with the fit (LinearWarmup total_steps="fit")
             scheduler.set_fit_length(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_callbacks(self):
+        # Every fit checkpoints the global generators (dropout's), so that any resume is bit-identical.
+        return [RandomState()]
 
     def on_fit_start(self) -> None:
         # After the trainer restored any `ckpt_path`, before `on_train_start` (where LTRe embeds its fixed index).

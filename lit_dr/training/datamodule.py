@@ -234,13 +234,16 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def _bm25_negatives(self, train: np.ndarray) -> NegativesTable:
         """BM25 over exactly the stored corpus rows, in store order, so its row numbers are the store's."""
-        from lit_dr.mining.bm25 import bm25_search, hard_negatives_from_ranking
+        from lit_dr.mining.bm25 import bm25_search
+        from lit_dr.mining.miners import Ranking, UniformMiner
 
         depth = self.hparams.bm25_depth
-        _, ranked = bm25_search(list(self.corpus.texts()), list(self.queries.texts(train.tolist())), k=depth,
-                                cache_dir=self.cache_dir / "bm25", show_progress=self.hparams.show_progress)
-        mined = hard_negatives_from_ranking(ranked, self.excluded_docs(train), depth)
-        return NegativesTable({int(q): m for q, m in zip(train, mined, strict=True)}, source=f"bm25@{depth}")
+        scores, ranked = bm25_search(list(self.corpus.texts()), list(self.queries.texts(train.tolist())), k=depth,
+                                     cache_dir=self.cache_dir / "bm25", show_progress=self.hparams.show_progress)
+        # The table keeps every usable row, in rank order (num=None); batches draw from it.
+        mined = UniformMiner()(Ranking(train, ranked, scores), self.excluded_docs(train),
+                               [self.positives[int(q)] for q in train], num=None)
+        return NegativesTable(mined.candidates, source=f"bm25@{depth}")
 
     # -- the corpus index: embeddings, FAISS and search (`lit_dr.index.CorpusIndex`) ------------------------
     @property

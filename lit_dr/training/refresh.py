@@ -14,75 +14,41 @@ import numpy as np
 import torch
 
 from lit_dr.data.sampling import NegativesTable
-from lit_dr.index.faiss_index import check_search_params, fit_nlist
-from lit_dr.mining.miners import load_table, overlap, sample_negatives, save_table, table_digest
 from lit_dr.files import shared_run_directory
+from lit_dr.index.faiss_index import check_search_params, fit_nlist
 from lit_dr.index.search import even_share
+from lit_dr.mining.miners import Miner, Ranking, UniformMiner, lowest_positive_scores
+from lit_dr.mining.tables import load_table, overlap, save_table, table_digest
 
 log = logging.getLogger(__name__)
-
-
-def process_rng_state(device: torch.device) -> dict:
-    """This process's random generators: torch's CPU one and, on a GPU, that of its own device."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.device(device).type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def gather_by_rank(local: dict) -> dict[int, dict]:
-    """Every process's `local` by global rank, on every process (collective under torch.distributed)."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return {0: local}
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, local)
-    return dict(enumerate(gathered))
-
-
-def rng_by_rank(saved: dict) -> dict[int, dict]:
-    """A checkpoint's generator states by rank; a checkpoint from before they were kept per process held rank
-    0's CPU state and the CUDA states of every visible device: rank 0's, its own device's first."""
-    if "by_rank" in saved:
-        return {int(r): s for r, s in saved["by_rank"].items()}
-    cuda = saved.get("cuda") or []
-    return {0: {"torch": saved["torch"], **({"cuda": cuda[0]} if len(cuda) else {})}}
-
-
-def restore_rng_state(by_rank: dict[int, dict], rank: int, device: torch.device) -> bool:
-    """Restore this process's generators from its own saved state; False (and nothing changed) when the
-    checkpoint has none for this rank (it came from fewer processes). A saved CUDA state is restored on this
-    process's device only, so a resume on fewer GPUs than the checkpoint's run never indexes a missing one."""
-    state = by_rank.get(rank)
-    if state is None:
-        return False
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.device(device).type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-    return True
 
 
 class NegativeRefresh(L.Callback):
     """Every `every_n_steps` optimizer steps (and, optionally, before the first): encode the corpus and the
     training queries with the current model, index the corpus with FAISS, retrieve the top `depth` per query,
-    drop the documents the data module excludes (`excluded_docs`: positives, or all judged), draw `num_negatives`
-    from ranks [skip, depth), and hand the new, versioned table to the data module, which uses it from the next
+    let `miner` pick `num_negatives` among the documents the data module does not exclude (`excluded_docs`:
+    positives, or all judged), and hand the new, versioned table to the data module, which uses it from the next
     batch on.
 
     With `mine_queries` (DANCE) it also indexes the training queries and draws `num_negative_queries` negative
-    queries for each positive document from its top `query_depth` training queries, dropping `excluded_queries`.
+    queries for each positive document from its top `query_depth` training queries, dropping `excluded_queries`,
+    with the same miner (a document's positive score: its lowest with the training queries it is relevant to).
     The figures `positive_in_depth` / `positive_mean_rank` count positives (grade > 0) only.
 
     Under DDP every process encodes its share of the corpus and of the queries to disk, searches the whole corpus
     for its own queries, and the rankings are gathered; every process then draws the same (the draw is seeded by
     seed, generation and row), so all hold the same table.
     State in the checkpoint: generation, step of the last refresh, table file and digest. A resumed run reloads
-    the table; a refresh whose table file was already written before a crash is loaded, not recomputed.
+    the table; a refresh whose table file was already written before a crash is loaded, not recomputed. (The
+    global random generators, for an exact resume, are `lit_dr.objectives.random_state.RandomState`'s.)
 
     Args:
         every_n_steps: optimizer steps between refreshes (ANCE: 10k; a checkpoint per refresh is not needed).
         before_first_step: mine once before training starts (ANCE starts from its warm start's negatives).
-        depth / num_negatives / skip: ANCE: top 200, 20 drawn uniformly, from rank 0.
+        depth / num_negatives: ANCE: top 200, 20 drawn.
+        miner: how the negatives are drawn from the ranking (`lit_dr.mining.miners`); None: `UniformMiner()`,
+            ANCE's uniform draw from rank 0. `PositiveAwareMiner` drops candidates scoring too close to the positive.
+        skip: deprecated, `UniformMiner(skip=...)`; only for configs saved before `miner` existed.
         index_factory: the FAISS index to mine with ("Flat" is exact, as ANCE's code). Where it runs follows the
             model's device, as for evaluation (`lit_dr.index.search.search_backend`). DANCE's query index (over the
             training queries) is of the same factory, its IVF lists capped for a small query set
@@ -99,7 +65,8 @@ class NegativeRefresh(L.Callback):
         before_first_step: bool = True,
         depth: int = 200,
         num_negatives: int = 20,
-        skip: int = 0,
+        miner: Miner | None = None,
+        skip: int | None = None,
         index_factory: str = "Flat",
         search_params: dict[str, int | float] | None = None,
         mine_queries: bool = False,
@@ -111,7 +78,14 @@ class NegativeRefresh(L.Callback):
     ) -> None:
         self.every_n_steps = every_n_steps
         self.before_first_step = before_first_step
-        self.depth, self.num_negatives, self.skip = depth, num_negatives, skip
+        self.depth, self.num_negatives = depth, num_negatives
+        if skip:  # a saved config of an older version names skip: 0; anything else meant the uniform draw's window
+            if miner is not None:
+                raise ValueError(f"NegativeRefresh: skip={skip} is deprecated and ignored with a miner; set the "
+                                 "miner's own skip instead")
+            log.warning("NegativeRefresh(skip=%d) is deprecated: use miner=UniformMiner(skip=%d)", skip, skip)
+            miner = UniformMiner(skip=skip)
+        self.miner = miner if miner is not None else UniformMiner()
         check_search_params(index_factory, search_params)
         self.index_factory, self.search_params = index_factory, search_params
         self.mine_queries, self.query_depth, self.num_negative_queries = mine_queries, query_depth, num_negative_queries
@@ -123,24 +97,15 @@ class NegativeRefresh(L.Callback):
         self.table_digest: str | None = None
         self.history: list[dict[str, float]] = []
         self.resumed = False
-        self._rng: dict | None = None
 
     # -- checkpointed state ----------------------------------------------------------------------------
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._device = trainer.strategy.root_device  # whose generator this process saves (`state_dict`)
-
     def state_dict(self) -> dict:
-        # The global torch generators too (dropout): Lightning does not checkpoint them, and without them a
-        # resumed run's weights, and so its next negatives, would drift from an uninterrupted run's. Every
-        # process's own, by rank (only rank 0's callback state is written): Lightning dumps a checkpoint on
-        # every process, so the gather is collective.
-        rng = {"by_rank": gather_by_rank(process_rng_state(getattr(self, "_device", torch.device("cpu"))))}
         return {"generation": self.generation, "last_step": self.last_step, "table_path": self.table_path,
-                "table_digest": self.table_digest, "table_dir": self.table_dir, "rng": rng}
+                "table_digest": self.table_digest, "table_dir": self.table_dir}
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
-        self._rng = state.pop("rng", None)
+        state.pop("rng", None)  # an older checkpoint's generators: `RandomState.on_load_checkpoint` reads them
         self.__dict__.update(state)
         self.resumed = True
 
@@ -148,14 +113,6 @@ class NegativeRefresh(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.table_dir is None:
             self.table_dir = str(shared_run_directory(trainer) / "negatives")
-        if self._rng is not None:
-            by_rank = rng_by_rank(self._rng)
-            restore_rng_state(by_rank, trainer.global_rank, pl_module.device)
-            if trainer.is_global_zero and len(by_rank) != trainer.world_size:
-                log.warning("the checkpoint holds the random generators of %d process(es), this run has %d: "
-                            "process(es) without a saved state keep their seeded one, extra states are unused",
-                            len(by_rank), trainer.world_size)
-            self._rng = None
         if self.table_path is not None:  # resumed: the table this run was using
             self._install(trainer, *self._load(Path(self.table_path)))
         elif self.before_first_step and self.generation == 0:
@@ -227,26 +184,53 @@ class NegativeRefresh(L.Callback):
             queries.embed(query_tower, f"train-queries-g{generation:04d}")
         with phase("search"):
             mine = queries.embeddings.shard(trainer.global_rank)  # (Q_r, H): this process's queries
-            _, ranked = corpus.search(mine, self.depth, self.index_factory, self.search_params,
-                                      share=False)  # (Q, depth), every process's
+            scores, ranked = corpus.search(mine, self.depth, self.index_factory, self.search_params,
+                                           share=False)  # (Q, depth), every process's
         with phase("sample"):
-            mined = sample_negatives(ranked, train, dm.excluded_docs(train), self.num_negatives, self.skip,
-                                     self.seed, generation, relevant=[dm.positives[q] for q in train])
+            relevant_docs = [dm.positives[q] for q in train]
+            positive_scores = self._positive_scores(queries.embeddings, corpus.embeddings, relevant_docs)  # (Q,)
+            mined = self.miner(Ranking(train, ranked, scores, positive_scores), dm.excluded_docs(train),
+                               relevant_docs, self.num_negatives, self.seed, generation)
         query_candidates = None
         if self.mine_queries:
             with phase("mine_queries"):
                 positives = np.array(sorted({int(p) for q in train for p in dm.positives[q]}), dtype=np.int64)
                 share = positives[even_share(len(positives), trainer.global_rank, trainer.world_size)]
                 query_factory = fit_nlist(self.index_factory, len(train))  # the refresh's index, over the queries
-                _, near = queries.search(corpus.embeddings.take(share), self.query_depth, query_factory,
-                                         self.search_params, share=False)  # (P, query_depth) query rows
-                query_candidates = sample_negatives(
-                    near, positives, [dm.excluded_queries(d) for d in positives], self.num_negative_queries, 0,
-                    self.seed, generation, relevant=[dm.relevant_queries(d) for d in positives],
-                ).candidates
+                near_scores, near = queries.search(corpus.embeddings.take(share), self.query_depth, query_factory,
+                                                   self.search_params, share=False)  # (P, query_depth) query rows
+                relevant = [dm.relevant_queries(d) for d in positives]
+                positive_scores = None
+                if self.miner.needs_positive_scores:  # a document's positives: the training queries it is relevant to
+                    position = {int(q): i for i, q in enumerate(train)}
+                    positions = [[position[q] for q in rel if q in position] for rel in relevant]  # in `queries`
+                    positive_scores = self._positive_scores(corpus.embeddings, queries.embeddings, positions,
+                                                            key_rows=positives)
+                query_mined = self.miner(Ranking(positives, near, near_scores, positive_scores),
+                                         [dm.excluded_queries(d) for d in positives], relevant,
+                                         self.num_negative_queries, self.seed, generation)
+                query_candidates = query_mined.candidates
+                mined.stats.update({f"queries_{k}": v for k, v in query_mined.stats.items()})
         queries.remove()  # every process is past the searches' gathers
         times["time_total_s"] = sum(times.values())
         return mined.candidates, query_candidates, {**mined.stats, **times}
+
+    def _positive_scores(self, keys, candidates, positives, key_rows=None) -> np.ndarray | None:
+        """(K,) the lowest dot product (float32) of each key with its positives (`candidates` rows; for key i,
+        `positives[i]`), if the miner needs them. `keys` are the K keys' embeddings, or, with `key_rows`, the
+        embeddings those rows are taken from. In blocks, so a large training set is never held at once."""
+        if not self.miner.needs_positive_scores:
+            return None
+        num = len(positives) if key_rows is None else len(key_rows)
+        out = np.full(num, np.nan, dtype=np.float32)
+        block = 65_536
+        for start in range(0, num, block):
+            stop = min(num, start + block)
+            rows = np.arange(start, stop) if key_rows is None else np.asarray(key_rows[start:stop])
+            owner = np.concatenate([np.full(len(p), i, dtype=np.int64) for i, p in enumerate(positives[start:stop])])
+            flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in positives[start:stop]])
+            out[start:stop] = lowest_positive_scores(keys.take(rows), candidates.take(flat), owner, stop - start)
+        return out
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _install(self, trainer, candidates, query_candidates) -> None:
@@ -288,4 +272,4 @@ class NegativeRefresh(L.Callback):
             logger.log_metrics({f"refresh/{k}": v for k, v in record.items()}, step=step)
         with open(Path(self.table_dir) / "refreshes.jsonl", "a") as f:
             f.write(json.dumps({**record, "digest": self.table_digest, "index_factory": self.index_factory,
-                                "search_params": self.search_params}) + "\n")
+                                "search_params": self.search_params, "miner": self.miner.config()}) + "\n")
