@@ -9,9 +9,9 @@ index / search, pipelines).
 
 from lit_dr.commands.export_best import ExportBest
 from lit_dr.models.encoder import Encoder
-from lit_dr.objectives import ANCE, DANCE, BiEncoderModule, BM25Negatives, LTRe, SamToNe
+from lit_dr.objectives import ANCE, DANCE, BiEncoderModule, BM25Negatives, LTRe, MarginMSE, SamToNe
 from lit_dr.training import LinearWarmup, NegativeRefresh, RetrievalDataModule
 
 __all__ = ["ANCE", "DANCE", "BiEncoderModule", "BM25Negatives", "Encoder", "ExportBest", "LTRe", "LinearWarmup",
-           "NegativeRefresh", "RetrievalDataModule", "SamToNe"]
+           "MarginMSE", "NegativeRefresh", "RetrievalDataModule", "SamToNe"]
 __version__ = "0.1.0"
