@@ -246,10 +246,10 @@ class RetrievalDataModule(L.LightningDataModule):
             train = self.split_rows.get("train", np.empty(0, dtype=np.int64)).tolist()
             missing = [(q, d) for q in train for d in self.positives[q].tolist() if d not in table.get(q, {})]
             if missing:
-                q, d = missing[0]
+                qid, did = (str(self.queries.ids[missing[0][0]]), str(self.corpus.ids[missing[0][1]]))
                 raise ValueError(f"{path}: {len(missing)} positives of training queries have no teacher score, e.g. "
-                                 f"query {str(self.queries.ids[q])!r} document {str(self.corpus.ids[d])!r}; the teacher must "
-                                 "score every judged positive (benchmarks/teacher_scores.py does)")
+                                 f"query {qid!r} document {did!r}; the teacher must score every judged positive "
+                                 "(benchmarks/teacher_scores.py does)")
             self._teacher_of = (self.corpus, table)
         return self._teacher_of[1]
 
