@@ -8,19 +8,29 @@ the batch the loss saw to `{out}/{case}-w{world}-r{rank}.pt`.
 
 import os
 import sys
+from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from lit_dr import DANCE, BM25Negatives, Encoder, RetrievalDataModule, SamToNe
+from lit_dr import DANCE, BM25Negatives, Encoder, MarginMSE, RetrievalDataModule, SamToNe
+from lit_dr.data.batches import TrainBatch
 
 # objective -> (module class, its options). A case is an objective with an optional suffix (see `main`).
 CASES = {
     "bm25neg": (BM25Negatives, dict(temperature=0.1, exclude_judged_relevant=True)),
     "samtone": (SamToNe, dict(temperature=0.1, symmetric=True, exclude_judged_relevant=True)),
     "dance": (DANCE, dict(temperature=0.1, dual_weight=0.5)),
+    "mmse": (MarginMSE, {}),  # with teacher scores (DATA_DIR/teacher.tsv) and the batch's extra channels below
 }
+
+
+@dataclass
+class ExtendedBatch(TrainBatch):
+    """A field `gather_train_batch` has never heard of: it must be gathered too, not dropped."""
+
+    doc_rows_again: torch.Tensor | None = None  # (B * G,)
 
 
 class Recording:
@@ -28,7 +38,10 @@ class Recording:
 
     def compute_loss(self, q, d, batch, **extra):
         self.seen = {"judged": batch.excluded.cpu(), "query_rows": batch.query_rows.cpu(),
-                     "doc_rows": batch.doc_rows.cpu(), "q": q.detach().cpu()}
+                     "doc_rows": batch.doc_rows.cpu(), "q": q.detach().cpu(),
+                     "features": {side: {k: v.cpu() for k, v in getattr(batch, f"{side}_features").items()}
+                                  for side in ("query", "doc")},
+                     "extra": batch.doc_rows_again.cpu() if isinstance(batch, ExtendedBatch) else None}
         return super().compute_loss(q, d, batch, **extra)
 
 
@@ -43,6 +56,17 @@ class FixedBatch(RetrievalDataModule):
         rows = [self.queries.row_of[q] for q in self.share]
         n = len(rows) // self.world
         return DataLoader([torch.tensor(rows[self.rank * n:(self.rank + 1) * n])], batch_size=None)
+
+    def train_batch(self, query_rows):
+        batch = super().train_batch(query_rows)
+        if self.hparams.teacher_scores is None:
+            return batch
+        fields = {**asdict_shallow(batch), "query_features": {"row": batch.query_rows.double()}}
+        return ExtendedBatch(**fields, doc_rows_again=batch.doc_rows.clone())
+
+
+def asdict_shallow(batch) -> dict:
+    return {name: getattr(batch, name) for name in batch.__dataclass_fields__}
 
 
 class SaveGradients(L.Callback):
@@ -66,7 +90,7 @@ def main(model_dir: str, data_dir: str, cache_dir: str, out: str, rows: str, *ca
             optimizer=lambda params: torch.optim.SGD(params, lr=0.1), **options)
         dm = FixedBatch(rows.split(","), world, rank, dataset=data_dir, tokenizer=model_dir, cache_dir=cache_dir,
                         num_negatives=1, num_negative_queries=2 if objective == "dance" else 0, negatives="none",
-                        show_progress=False)
+                        teacher_scores="teacher.tsv" if objective == "mmse" else None, show_progress=False)
         trainer = L.Trainer(accelerator="cpu", devices=world, strategy="ddp" if world > 1 else "auto",
                             use_distributed_sampler=False, max_steps=1, limit_val_batches=0, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -30,10 +30,10 @@ def test_there_is_a_config_per_objective():
 
     modules = {name for name in lit_dr.__all__ if inspect.isclass(getattr(lit_dr, name))
                and issubclass(getattr(lit_dr, name), BiEncoderModule) and getattr(lit_dr, name) is not BiEncoderModule}
-    assert modules == {"BM25Negatives", "SamToNe", "ANCE", "DANCE", "LTRe"}
+    assert modules == {"BM25Negatives", "SamToNe", "ANCE", "DANCE", "LTRe", "MarginMSE"}
     configured = {yaml.safe_load(p.read_text())["model"]["class_path"].removeprefix("lit_dr.") for p in OBJECTIVES}
     assert configured == modules
-    assert {p.stem for p in OBJECTIVES} == {"bm25neg", "samtone", "ance", "dance_stage1", "dance", "ltre"}
+    assert {p.stem for p in OBJECTIVES} == {"bm25neg", "samtone", "ance", "dance_stage1", "dance", "ltre", "margin_mse"}
 
 
 def test_every_yaml_under_configs_is_parsed_by_a_test():

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from torch import Tensor
 
 
+def _to(value, device):
+    if isinstance(value, dict):  # a feature channel: name -> tensor
+        return {name: v.to(device) for name, v in value.items()}
+    return None if value is None else value.to(device)
+
+
 @dataclass
 class _Movable:
     def to(self, device) -> _Movable:
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return type(self)(**{k: None if v is None else v.to(device) for k, v in moved.items()})
+        return type(self)(**{f.name: _to(getattr(self, f.name), device) for f in fields(self)})
 
 
 @dataclass
@@ -35,6 +40,10 @@ class TrainBatch(_Movable):
     excluded: Tensor
     # DANCE: for each query's positive document, K mined negative queries (rows i * K .. i * K + K - 1).
     negative_queries: TokenBatch | None = None  # (B * K, Lq)
+    # Named tensors beside the tokens, for losses that need more than texts (MarginMSE: "teacher_score"). They
+    # move with the batch and are gathered across processes like the rows they belong to.
+    query_features: dict[str, Tensor] = field(default_factory=dict)  # name -> (B, ...)
+    doc_features: dict[str, Tensor] = field(default_factory=dict)  # name -> (B * G, ...), aligned with `docs`
 
     @property
     def group_size(self) -> int:

@@ -18,6 +18,7 @@ and the gradient is exact (sentence-transformers' CachedMultipleNegativesRanking
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -51,20 +52,31 @@ def gather_padded(x: Tensor, pad_value: int = 0) -> Tensor:
 def gather_train_batch(batch: TrainBatch, excluded_docs: Excluded) -> TrainBatch:
     """The batches of all processes as one, in rank order: what one process would hold for their concatenation.
 
-    Tokens are right-padded to the longest of each field. `excluded` (W B, W B G) is recomputed for this process's
-    queries against every process's documents (`excluded_docs`: `RetrievalDataModule.excluded_docs`, the rule of
-    the one-process mask), then gathered: another process's document excluded for a local query is masked as well.
+    Every field is gathered by its type, so a field added to `TrainBatch` is gathered or refused, never dropped:
+    tokens right-padded to the longest of each field, tensors and each tensor of a feature dict concatenated in
+    rank order (every process must hold the same keys and shapes), None kept. `excluded` (W B, W B G) is
+    recomputed for this process's queries against every process's documents (`excluded_docs`:
+    `RetrievalDataModule.excluded_docs`, the rule of the one-process mask), then gathered: another process's
+    document excluded for a local query is masked as well.
     """
 
-    def tokens(t: TokenBatch | None) -> TokenBatch | None:
-        return None if t is None else TokenBatch(gather_padded(t.input_ids), gather_padded(t.attention_mask))
+    def gather(name: str, value):
+        if value is None:
+            return None
+        if isinstance(value, TokenBatch):
+            return TokenBatch(gather_padded(value.input_ids), gather_padded(value.attention_mask))
+        if isinstance(value, Tensor):
+            return gather_keep_local(value)
+        if isinstance(value, dict) and all(isinstance(v, Tensor) for v in value.values()):
+            return {key: gather_keep_local(v) for key, v in sorted(value.items())}  # same order on every rank
+        raise TypeError(f"gather_train_batch: TrainBatch.{name} is a {type(value).__name__}; only TokenBatch, "
+                        "Tensor, dict of Tensors or None can be gathered across processes (extend `gather`)")
 
-    doc_rows = gather_keep_local(batch.doc_rows)  # (W * B * G,)
+    gathered = {f.name: gather(f.name, getattr(batch, f.name)) for f in fields(batch) if f.name != "excluded"}
+    doc_rows = gathered["doc_rows"]  # (W * B * G,)
     mine = excluded_mask(excluded_docs(batch.query_rows.cpu().numpy()), doc_rows.cpu().numpy())  # (B, W * B * G)
     mask = gather_keep_local(torch.from_numpy(mine).to(batch.doc_rows.device, torch.uint8)).bool()
-    return TrainBatch(queries=tokens(batch.queries), docs=tokens(batch.docs),
-                      query_rows=gather_keep_local(batch.query_rows), doc_rows=doc_rows, excluded=mask,
-                      negative_queries=tokens(batch.negative_queries))
+    return type(batch)(**gathered, excluded=mask)
 
 
 # -- gradient caching -----------------------------------------------------------------------------------------

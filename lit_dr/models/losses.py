@@ -242,3 +242,31 @@ def listwise_softmax_loss(
     log_num = torch.logsumexp(logits.masked_fill(~relevant, floor), 1)  # (B,)
     per_query = torch.where(has_pos, log_den - log_num, 0.0)  # (B,)
     return per_query.sum() / has_pos.sum().clamp(min=1)
+
+
+def margin_mse(q: Tensor, d: Tensor, group_size: int, teacher: Tensor) -> Tensor:
+    """Margin MSE: the student's score margin between a query's positive and each of its negatives regresses
+    onto the teacher's margin.
+
+    L = mean_{i, k} ( (s(q_i,p_i) - s(q_i,n_ik)) - (t(q_i,p_i) - t(q_i,n_ik)) )^2
+
+    over every query i and each of its G - 1 group negatives n_ik (no in-batch documents: the teacher scored only
+    the query's own group). A pair whose teacher margin is NaN (a document the teacher did not score) is left out
+    of the mean; the loss is 0 when no pair remains.
+
+    Args:
+        q: (B, H).  d: (B * G, H), row i * G is q_i's positive.  teacher: (B * G,) t(q_i, d) for d's row, aligned
+            with `d` (`TrainBatch.doc_features["teacher_score"]`).
+    Reference: Hofstätter et al., "Improving Efficient Neural Ranking Models with Cross-Architecture Knowledge
+        Distillation" (arXiv 2010.02666), with one negative per query (G = 2) and a cross-encoder ensemble teacher.
+    Relation: the pairwise regression counterpart of `two_way_nll`; it needs scores, not just labels.
+    """
+    if group_size < 2:
+        raise ValueError(f"margin_mse needs at least one negative per query (group size {group_size})")
+    b = q.shape[0]
+    s = (q.unsqueeze(1) * d.view(b, group_size, -1)).sum(-1)  # (B, G): s(q_i, group doc j)
+    t = teacher.view(b, group_size).to(s.dtype)  # (B, G)
+    student, target = s[:, :1] - s[:, 1:], t[:, :1] - t[:, 1:]  # (B, G - 1) margins
+    valid = ~target.isnan()  # (B, G - 1)
+    sq = (student - target.nan_to_num(0.0)).pow(2) * valid  # (B, G - 1)
+    return sq.sum() / valid.sum().clamp(min=1)

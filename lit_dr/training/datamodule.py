@@ -49,7 +49,14 @@ class RetrievalDataModule(L.LightningDataModule):
             no refresh mines queries, topped up with training queries drawn at random (never dev or test
             queries, never `excluded_queries`), counted in one warning per table.
         negatives: where the initial table comes from: BM25 top `bm25_depth` minus `excluded_docs`,
-            a `negatives.tsv` file of the data set, or none (a refresh callback may fill it later).
+            a `negatives.tsv` file of the data set, the documents `teacher_scores` scores for the query in
+            teacher-score order minus `excluded_docs`, or none (a refresh callback may fill it later).
+        teacher_scores: a file of teacher scores (`lit_dr.data.teacher_scores`: BEIR-style TSV, `qid pid score`
+            or a TREC run); a relative path is taken from the data set directory, so it can ship with the data.
+            Every `TrainBatch` then carries `doc_features["teacher_score"]` (B * G,) float32, the teacher's score
+            of query i and each document of its group (MarginMSE). A training query's positive without a score
+            is a setup error; a negative without one (a random top-up, another source's negative) gets NaN, and
+            the losses leave its pair out (one counted warning per negatives table).
         exclude_from_negatives: what may never be a query's negative, in BM25 and file negatives, the random
             top-up, the refresh's mining and the in-batch false-negative mask (`excluded_docs`): "positives"
             (grade > 0; ANCE's released code) or "judged" (every document judged for the query, grade 0
@@ -79,8 +86,9 @@ class RetrievalDataModule(L.LightningDataModule):
         eval_batch_size: int = 128,
         num_negatives: int = 1,
         num_negative_queries: int = 0,
-        negatives: Literal["bm25", "file", "none"] = "bm25",
+        negatives: Literal["bm25", "file", "teacher", "none"] = "bm25",
         bm25_depth: int = 100,
+        teacher_scores: str | None = None,
         exclude_from_negatives: Literal["positives", "judged"] = "positives",
         dev_fraction: float = 0.2,
         seed: int = 0,
@@ -108,6 +116,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self._initial_negatives_set = False
         self._empty_because: dict[str, str] = {}  # split -> why it has no queries
         self._corpus_index: CorpusIndex | None = None
+        self._teacher_of: tuple[TokenStore | None, dict[int, dict[int, float]]] = (None, {})  # (its corpus, scores)
+        self._teacher_warned: NegativesTable | None = None
 
     # -- locations -------------------------------------------------------------------------------------
     @property
@@ -161,6 +171,8 @@ class RetrievalDataModule(L.LightningDataModule):
                     f"split) for {world} process(es): fewer than train_batch_size={self.hparams.train_batch_size} "
                     "each, so not one full batch (a partial last batch is dropped: in-batch negatives need full "
                     "batches). Lower train_batch_size.")
+            if self.hparams.get("teacher_scores") is not None:
+                self.teacher()  # a positive without a teacher score fails here, not in the first batch
         if stage in (None, "fit") and len(self.split_rows.get("train", ())):
             if self.hparams.num_negatives > 0 and not self._initial_negatives_set:
                 self.set_negatives(self._initial_negatives())
@@ -220,7 +232,68 @@ class RetrievalDataModule(L.LightningDataModule):
             return NegativesTable({})
         if self.hparams.negatives == "file":
             return self._file_negatives(train)
+        if self.hparams.negatives == "teacher":
+            return self._teacher_negatives(train)
         return self._bm25_negatives(train)
+
+    # -- teacher scores (distillation): loaded on first use, checked at setup -----------------------------
+    @property
+    def teacher_scores_path(self) -> Path | None:
+        path = self.hparams.get("teacher_scores")
+        return None if path is None else self.files.root / Path(path).expanduser()  # an absolute path stays
+
+    def teacher(self) -> dict[int, dict[int, float]]:
+        """{query row: {corpus row: teacher score}} of `teacher_scores`; every training positive has one."""
+        path = self.teacher_scores_path
+        if path is None:
+            raise ValueError("no teacher scores: set RetrievalDataModule(teacher_scores=...) (negatives='teacher' "
+                             "and MarginMSE need them)")
+        if self._teacher_of[0] is not self.corpus:  # once per loaded data set
+            from lit_dr.data.teacher_scores import load_teacher_scores
+
+            if problem := file_problem(path):
+                raise FileNotFoundError(f"teacher_scores: {path.parent}: {problem}")
+            table = load_teacher_scores(path, self.corpus, self.queries)
+            train = self.split_rows.get("train", np.empty(0, dtype=np.int64)).tolist()
+            missing = [(q, d) for q in train for d in self.positives[q].tolist() if d not in table.get(q, {})]
+            if missing:
+                qid, did = (str(self.queries.ids[missing[0][0]]), str(self.corpus.ids[missing[0][1]]))
+                raise ValueError(f"{path}: {len(missing)} positives of training queries have no teacher score, e.g. "
+                                 f"query {qid!r} document {did!r}; the teacher must score every judged positive "
+                                 "(benchmarks/teacher_scores.py does)")
+            self._teacher_of = (self.corpus, table)
+        return self._teacher_of[1]
+
+    def _teacher_negatives(self, train: np.ndarray) -> NegativesTable:
+        """Each query's teacher-scored documents, best first, minus `excluded_docs` (as BM25's ranking is)."""
+        from lit_dr.mining.miners import Ranking, UniformMiner
+
+        table = self.teacher()
+        scored = [sorted(table.get(int(q), {}).items(), key=lambda x: -x[1]) for q in train]
+        depth = max(map(len, scored), default=0)
+        ranked = np.full((len(train), depth), -1, dtype=np.int64)  # (Q, depth), -1: no more scored documents
+        scores = np.full((len(train), depth), -np.inf, dtype=np.float32)
+        for i, docs in enumerate(scored):
+            ranked[i, :len(docs)], scores[i, :len(docs)] = [d for d, _ in docs], [s for _, s in docs]
+        # As BM25's table: every usable row, in the teacher's order (num=None); batches draw from it.
+        mined = UniformMiner()(Ranking(train, ranked, scores), self.excluded_docs(train),
+                               [self.positives[int(q)] for q in train], num=None)
+        return NegativesTable(mined.candidates,
+                              source=f"teacher {self.teacher_scores_path}")
+
+    def _teacher_feature(self, query_rows: np.ndarray, doc_rows: np.ndarray) -> torch.Tensor:
+        """(B * G,) float32: the teacher's score of each document for its group's query, NaN where unscored."""
+        table, g = self.teacher(), len(doc_rows) // len(query_rows)
+        scores = np.array([table.get(int(q), {}).get(int(d), np.nan)
+                           for q, d in zip(np.repeat(query_rows, g), doc_rows, strict=True)], dtype=np.float32)
+        missing = int(np.isnan(scores).sum())
+        if missing and self._teacher_warned is not self.negatives:
+            self._teacher_warned = self.negatives
+            log.warning("%d of the %d documents of a batch have no teacher score in %s (random top-ups, or negatives "
+                        "of %s the teacher did not score): NaN, and the loss leaves their pairs out (warned once per "
+                        "negatives table)", missing, len(scores), self.teacher_scores_path,
+                        self.negatives.source or "an empty table")
+        return torch.from_numpy(scores)
 
     def _file_negatives(self, train: np.ndarray) -> NegativesTable:
         files = self.files
@@ -338,6 +411,8 @@ class RetrievalDataModule(L.LightningDataModule):
                 neg_queries += draw_rows(rng, pool, k, self.split_rows["train"], self.excluded_queries(positive))
         doc_rows = np.asarray(docs, dtype=np.int64)  # (B * G,)
         mask = torch.from_numpy(excluded_mask(excluded, doc_rows))  # (B, B * G)
+        features = {} if self.teacher_scores_path is None else {"teacher_score": self._teacher_feature(query_rows,
+                                                                                                      doc_rows)}
         return TrainBatch(
             queries=self.queries.batch(query_rows),
             docs=self.corpus.batch(doc_rows),
@@ -345,6 +420,7 @@ class RetrievalDataModule(L.LightningDataModule):
             doc_rows=torch.from_numpy(doc_rows),
             excluded=mask,
             negative_queries=self.queries.batch(np.asarray(neg_queries, dtype=np.int64)) if k else None,
+            doc_features=features,
         )
 
     @property
