@@ -36,6 +36,8 @@ class SaveRunConfig(SaveConfigCallback):
 
 
 DEFAULT_ROOT_DIR = "runs"
+# Seed, logging cadence and the best/last checkpoints every run starts from (jsonargparse's default config file).
+DEFAULTS = Path(__file__).with_name("defaults.yaml")
 # Model options that do not change the weights: the command line and config win over a checkpoint's saved values.
 RUN_OPTIONS = ("run_dir", "eval_depth", "index_factory", "embedding_dir", "embedding_dtype")
 
@@ -66,6 +68,9 @@ def place_run(trainer: Namespace) -> None:
 
 class LitDrCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
+        # Called for every parser that holds the trainer (each subcommand's, or the one parser under run=False), so
+        # the defaults apply however the CLI is built. Not the main parser of subcommands: it has no `trainer`.
+        parser.default_config_files = [str(DEFAULTS)]
         # The data module tokenizes with the model's own tokenizer.
         parser.link_arguments("model.init_args.encoder.init_args.model_name_or_path", "data.tokenizer")
 
