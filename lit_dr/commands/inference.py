@@ -217,4 +217,4 @@ def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Pat
         return None
     row_of = {str(d): r for r, d in enumerate(doc_ids)}
     relevance = [{row_of[d]: g for d, g in qrels[str(store.ids[r])].items() if d in row_of} for r in rows]
-    return retrieval_metrics(scores, ranked, relevance)
+    return retrieval_metrics(scores, ranked, relevance, doc_ids)  # ties by document id, as in the run file's trec_eval
