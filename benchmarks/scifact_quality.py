@@ -32,9 +32,9 @@ def cli(*args: str):
 
 def bm25() -> dict[str, float]:
     from lit_dr import BiEncoderModule, RetrievalDataModule
-    from lit_dr.mining.bm25 import bm25_search
     from lit_dr.commands.cli import LitDrCLI
     from lit_dr.evaluation.metrics import retrieval_metrics
+    from lit_dr.mining.bm25 import bm25_search
 
     # The data module exactly as the fine-tuning config builds it (same tokenization, same dev split).
     dm = LitDrCLI(BiEncoderModule, RetrievalDataModule, subclass_mode_model=True, run=False,

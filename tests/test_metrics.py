@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import pytrec_eval  # noqa: F401 (a dependency: a broken install fails here, never skips)
 
-from lit_dr.evaluation.metrics import METRIC_NAMES, read_trec_run, retrieval_metrics, trec_eval_metrics, write_trec_run
+from lit_dr.evaluation.metrics import (
+    METRIC_NAMES,
+    read_trec_run,
+    retrieval_metrics,
+    trec_eval_metrics,
+    write_trec_run,
+)
 
 
 def _random_run(

@@ -13,11 +13,10 @@ from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from lit_dr.files import atomic_file
 from lit_dr.commands.standalone import COMMANDS, run_command
-from lit_dr.training.datamodule import RetrievalDataModule
+from lit_dr.files import atomic_file, run_directory
 from lit_dr.objectives.base import BiEncoderModule
-from lit_dr.files import run_directory
+from lit_dr.training.datamodule import RetrievalDataModule
 
 
 class SaveRunConfig(SaveConfigCallback):

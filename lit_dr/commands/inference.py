@@ -176,8 +176,8 @@ def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Pat
 
     Returns the metrics of `lit_dr.evaluation.metrics.retrieval_metrics` when `split` names judgments, else None.
     """
-    from lit_dr.index.faiss_index import check_search_params, import_faiss, search, to_gpu
     from lit_dr.evaluation.metrics import retrieval_metrics, write_trec_run
+    from lit_dr.index.faiss_index import check_search_params, import_faiss, search, to_gpu
 
     procs = procs or Processes()
     index_dir = Path(index_dir)
