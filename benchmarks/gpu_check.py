@@ -143,9 +143,13 @@ def callbacks_fragment(objective: str, every_n_steps: int, path: Path) -> bool:
     """Write the config's own callbacks to `path`, with `NegativeRefresh` mining every `every_n_steps` (one added,
     starting from the initial negatives, unless the config has one or the objective's index is fixed). Returns
     whether the fit will refresh. A later config's `trainer.callbacks` replaces the earlier list, so the fragment
-    carries all of them, the configs' unmonitored `ModelCheckpoint` writing `last.ckpt` included."""
+    carries all of them, the unmonitored `ModelCheckpoint` writing `last.ckpt` included."""
     config = yaml.safe_load((ROOT / "configs" / f"{objective}.yaml").read_text())
-    callbacks = [dict(c) for c in (config.get("trainer") or {}).get("callbacks") or []]
+    trainer = config.get("trainer") or {}
+    # As the CLI resolves them: a config's `callbacks:` replaces the default checkpoints (the CLI's default config
+    # file), its `callbacks+:` appends to them.
+    defaults = yaml.safe_load((ROOT / "lit_dr" / "commands" / "defaults.yaml").read_text())["trainer"]["callbacks"]
+    callbacks = [dict(c) for c in trainer.get("callbacks", defaults) + (trainer.get("callbacks+") or [])]
     refreshes = [c for c in callbacks if c["class_path"].endswith("NegativeRefresh")]
     if not refreshes and objective not in FIXED_INDEX:
         refreshes = [{"class_path": REFRESH, "init_args": {"before_first_step": False}}]
