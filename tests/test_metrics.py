@@ -11,6 +11,7 @@ import pytrec_eval  # noqa: F401 (a dependency: a broken install fails here, nev
 
 from lit_dr.evaluation.metrics import (
     METRIC_NAMES,
+    ndcg_values,
     read_trec_run,
     retrieval_metrics,
     trec_eval_metrics,
@@ -90,6 +91,8 @@ def test_tied_scores_rank_as_trec_eval_ranks_them(seed: int) -> None:
     ids = [f"doc-{i}" for i in np.random.default_rng(seed).permutation(2000)]  # no relation to the rows
     oracle = trec_eval_metrics(*_as_trec(scores, rows, relevance, ids))
     assert retrieval_metrics(scores, rows, relevance, ids) == pytest.approx(oracle, abs=1e-6)
+    per_query = ndcg_values(scores, rows, relevance, 10, ids)  # what analysis.ndcg_per_query reports
+    assert np.mean(list(per_query.values())) == pytest.approx(oracle["ndcg@10"], abs=1e-6)
     padded = [f"d{i:05d}" for i in range(2000)]  # sort as the rows do
     assert retrieval_metrics(scores, rows, relevance) == pytest.approx(
         trec_eval_metrics(*_as_trec(scores, rows, relevance, padded)), abs=1e-6)

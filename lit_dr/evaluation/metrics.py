@@ -153,11 +153,9 @@ def ndcg_values(
         raise ValueError(f"k must be in [1, {_DEEPEST}], got {k}")
     _check_run(scores, doc_rows, relevance)
     preds, grades, indexes = _ranked_lists(scores, doc_rows, relevance, doc_ids)
-    out = {}
-    for q in torch.unique(indexes).tolist():
-        mine = indexes == q
-        out[q] = float(retrieval_normalized_dcg(preds[mine], grades[mine], top_k=k))
-    return out
+    queries, counts = torch.unique_consecutive(indexes, return_counts=True)  # each query's entries are contiguous
+    pairs = zip(queries.tolist(), preds.split(counts.tolist()), grades.split(counts.tolist()), strict=True)
+    return {q: float(retrieval_normalized_dcg(p, g, top_k=k)) for q, p, g in pairs}
 
 
 def trec_eval_metrics(
