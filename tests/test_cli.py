@@ -80,6 +80,7 @@ def test_fragment_stacks_on_an_objective(path, monkeypatch, capsys):
 
 
 CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
+CHECKPOINT_KEYS = ("best_checkpoint", "last_checkpoint")
 
 
 def resolved(args: list[str], capsys) -> dict:
@@ -108,6 +109,8 @@ def test_objective_config_resolves_as_frozen(path, monkeypatch, capsys):
                     "prints, once checked by hand")
     expected = frozen[path.stem]
     got = resolved(["--config", str(path)], capsys)
+    # The CLI's checkpoints have keys of their own; Lightning appends them to the trainer's callbacks.
+    got["trainer"]["callbacks"] = (got["trainer"]["callbacks"] or []) + [got[k] for k in CHECKPOINT_KEYS]
     for tree in (expected, got):
         tree["trainer"]["callbacks"] = in_run_order(tree["trainer"]["callbacks"])
     assert len(got["trainer"]["callbacks"]) == len(expected["trainer"]["callbacks"])
@@ -117,9 +120,10 @@ def test_objective_config_resolves_as_frozen(path, monkeypatch, capsys):
         assert flat.get(key, "<absent>") == value, (key, flat.get(key, "<absent>"), value)
 
 
-def test_default_checkpoints_stay_beside_config_callbacks_and_the_command_line(monkeypatch, capsys):
-    """`callbacks+:` in a config (configs/ance.yaml's refresh) and `--trainer.callbacks+=` both append to the default
-    checkpoints; a plain list replaces them, and `[]` drops them."""
+def test_default_checkpoints_stay_beside_config_callbacks_and_the_command_line(monkeypatch, capsys, tmp_path):
+    """A config's callbacks (configs/ance.yaml's refresh) and `--trainer.callbacks+=` go beside the CLI's best and
+    last checkpoints; a config's own list of the same length as a default one does not inherit its values (what a
+    default list in `trainer.callbacks` would do); `--best_checkpoint=null` drops that one."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
     ance = ["--config", str(CONFIGS / "ance.yaml")]
     monitor = "lightning.pytorch.callbacks.LearningRateMonitor"
@@ -127,14 +131,23 @@ def test_default_checkpoints_stay_beside_config_callbacks_and_the_command_line(m
     def classes(args):
         return [c["class_path"] for c in resolved(args, capsys)["trainer"]["callbacks"] or []]
 
-    assert classes(ance) == [CHECKPOINT, CHECKPOINT, "lit_dr.NegativeRefresh"]
-    assert classes([*ance, f"--trainer.callbacks+={monitor}"]) == [CHECKPOINT, CHECKPOINT, "lit_dr.NegativeRefresh",
-                                                                   monitor]
-    assert classes(["--config", str(CONFIGS / "bm25neg.yaml")]) == [CHECKPOINT, CHECKPOINT]
-    assert classes([*ance, f"--trainer.callbacks=[{monitor}]"]) == [monitor]
-    assert classes([*ance, "--trainer.callbacks=[]"]) == []
-    best = resolved(ance, capsys)["trainer"]["callbacks"][0]["init_args"]
+    assert classes(ance) == ["lit_dr.NegativeRefresh"]
+    assert classes([*ance, f"--trainer.callbacks+={monitor}"]) == ["lit_dr.NegativeRefresh", monitor]
+    best = resolved(ance, capsys)["best_checkpoint"]["init_args"]
     assert best["monitor"] == "val/ndcg@10" and best["mode"] == "max" and best["save_weights_only"] is True
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": CHECKPOINT, "init_args": {"every_n_train_steps": 2, "save_top_k": -1}},
+        {"class_path": monitor}]}}))
+    config = resolved([*ance, "--config", str(own)], capsys)
+    assert config["trainer"]["callbacks"][0]["init_args"]["monitor"] is None
+    assert config["best_checkpoint"]["init_args"]["monitor"] == "val/ndcg@10"
+
+    cli = build(["--config", str(CONFIGS / "bm25neg.yaml"), "--best_checkpoint=null"])
+    assert [c.save_last for c in cli.trainer.checkpoint_callbacks] == ["link"]
+    cli = build(["--config", str(CONFIGS / "bm25neg.yaml")])
+    assert [(c.monitor, c.save_last) for c in cli.trainer.checkpoint_callbacks] == [("val/ndcg@10", None),
+                                                                                    (None, "link")]
 
 
 def tiny_config(tmp_path, tiny_beir, tiny_model_dir, cache_dir) -> Path:
