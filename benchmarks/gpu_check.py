@@ -143,7 +143,7 @@ def callbacks_fragment(objective: str, every_n_steps: int, path: Path) -> bool:
     """Write the config's own callbacks to `path`, with `NegativeRefresh` mining every `every_n_steps` (one added,
     starting from the initial negatives, unless the config has one or the objective's index is fixed). Returns
     whether the fit will refresh. A later config's `trainer.callbacks` replaces the earlier list, so the fragment
-    carries all of them, the configs' unmonitored `ModelCheckpoint` writing `last.ckpt` included."""
+    carries all of them; the checkpoints (`last.ckpt` included) are the CLI's `best_checkpoint`/`last_checkpoint`."""
     config = yaml.safe_load((ROOT / "configs" / f"{objective}.yaml").read_text())
     callbacks = [dict(c) for c in (config.get("trainer") or {}).get("callbacks") or []]
     refreshes = [c for c in callbacks if c["class_path"].endswith("NegativeRefresh")]
@@ -152,9 +152,10 @@ def callbacks_fragment(objective: str, every_n_steps: int, path: Path) -> bool:
         callbacks.append(refreshes[0])
     for c in refreshes:
         c["init_args"] = {**c.get("init_args", {}), "every_n_steps": every_n_steps}
-    if not any(c["class_path"].endswith("ModelCheckpoint") and c.get("init_args", {}).get("save_last")
-               for c in callbacks):
-        raise ValueError(f"configs/{objective}.yaml has no checkpoint writing last.ckpt")
+    # The checkpoints are the CLI's own keys, not in this list: the one writing last.ckpt must be there.
+    defaults = yaml.safe_load((ROOT / "lit_dr" / "commands" / "defaults.yaml").read_text())
+    if not ((defaults.get("last_checkpoint") or {}).get("init_args") or {}).get("save_last"):
+        raise ValueError("lit_dr/commands/defaults.yaml has no last_checkpoint writing last.ckpt")
     path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}, sort_keys=False))
     return bool(refreshes)
 

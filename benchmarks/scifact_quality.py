@@ -32,9 +32,9 @@ def cli(*args: str):
 
 def bm25() -> dict[str, float]:
     from lit_dr import BiEncoderModule, RetrievalDataModule
-    from lit_dr.mining.bm25 import bm25_search
     from lit_dr.commands.cli import LitDrCLI
     from lit_dr.evaluation.metrics import retrieval_metrics
+    from lit_dr.mining.bm25 import bm25_search
 
     # The data module exactly as the fine-tuning config builds it (same tokenization, same dev split).
     dm = LitDrCLI(BiEncoderModule, RetrievalDataModule, subclass_mode_model=True, run=False,
@@ -44,7 +44,7 @@ def bm25() -> dict[str, float]:
     rows = dm.split_rows["dev"]
     # The texts the model sees: the token store's rows (BM25 then ranks exactly the stored corpus rows).
     scores, ranked = bm25_search(list(dm.corpus.texts()), list(dm.queries.texts(rows)), k=1000, show_progress=False)
-    return retrieval_metrics(scores, ranked, dm.relevance_for(rows))
+    return retrieval_metrics(scores, ranked, dm.relevance_for(rows), dm.corpus.ids)  # BM25 ties: by id, as trec_eval
 
 
 def zero_shot() -> dict[str, float]:

@@ -45,7 +45,8 @@ def test_ndcg_per_query_matches_pytrec_eval(seed, k):
     assert set(got) == set(judged)  # queries without a relevant document are skipped
     assert any(q not in run for q in got)
     for q in judged:
-        assert got[q] == pytest.approx(oracle.get(q, {}).get(f"ndcg_cut_{k}", 0.0), abs=1e-12), q
+        # torchmetrics (the one nDCG of lit_dr.evaluation.metrics) sums in float32: 1e-6, as retrieval_metrics.
+        assert got[q] == pytest.approx(oracle.get(q, {}).get(f"ndcg_cut_{k}", 0.0), abs=1e-6), q
 
 
 def test_ndcg_per_query_by_hand():

@@ -9,7 +9,7 @@ import torch
 
 from lit_dr import ANCE, DANCE, Encoder, RetrievalDataModule
 from lit_dr.data.batches import TokenBatch, TrainBatch
-from lit_dr.models.losses import alignment, dual_two_way_nll, info_nce, two_way_nll, uniformity
+from lit_dr.models.losses import alignment, dual_two_way_nll, two_way_nll, uniformity
 from lit_dr.objectives.dance import embedding_geometry
 
 
@@ -56,15 +56,21 @@ def test_dual_two_way_nll_matches_formula(b, g, tau, unit, k):
     assert got == pytest.approx(expected, rel=1e-9)
 
 
-def test_two_way_nll_with_in_batch_negatives_is_info_nce():
-    q, d = embeddings(4), embeddings(12, seed=1)
+def test_ance_in_batch_negatives_is_one_softmax_over_the_batch(tiny_model_dir):
+    """`in_batch_negatives`: -log of the positive's share of e^{s/tau} over every document of the batch, per query
+    (a loop here), instead of the 2-way softmaxes."""
+    module = ANCE(encoder=Encoder(tiny_model_dir, pooling="cls", projection_dim=8), temperature=0.5,
+                  in_batch_negatives=True).eval()
+    batch = train_batch(with_negative_queries=False)
+    with torch.no_grad():
+        q, d = module.encode_queries(batch.queries).double(), module.encode_docs(batch.docs).double()
+        got = module.compute_loss(q, d, batch)
     tau = 0.5
     naive = sum(math.log(sum(math.exp(float(q[i] @ c) / tau) for c in d)) - float(q[i] @ d[i * 3]) / tau
-                for i in range(4)) / 4
-    got = two_way_nll(q, d, 3, tau, in_batch=True)
-    assert torch.equal(got, info_nce(q, d, 3, tau))
+                for i in range(3)) / 3
     assert got.item() == pytest.approx(naive, rel=1e-9)
-    assert got.item() != pytest.approx(two_way_nll(q, d, 3, tau).item())
+    module.in_batch_negatives = False
+    assert module.compute_loss(q, d, batch).item() == pytest.approx(naive_two_way_nll(q, d, 3, tau), rel=1e-9)
 
 
 def test_dual_weight_zero_is_two_way_nll():

@@ -52,10 +52,13 @@ def test_objective_config_builds(path, monkeypatch):
     assert cli.datamodule.hparams.tokenizer == "sentence-transformers/all-MiniLM-L6-v2"  # linked from the model
 
 
-def leaves(tree: dict, prefix: str = ""):
+def leaves(tree: dict, prefix: str = "", list_items: bool = False):
+    """(dotted key, value) of every leaf; with `list_items`, a list of mappings (callbacks) is entered too."""
     for key, value in tree.items():
         if isinstance(value, dict):
-            yield from leaves(value, f"{prefix}{key}.")
+            yield from leaves(value, f"{prefix}{key}.", list_items)
+        elif list_items and isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            yield from leaves(dict(enumerate(value)), f"{prefix}{key}.", list_items)
         else:
             yield f"{prefix}{key}", value
 
@@ -74,6 +77,77 @@ def test_fragment_stacks_on_an_objective(path, monkeypatch, capsys):
     flat = dict(leaves(resolved))
     for key, value in leaves(yaml.safe_load(path.read_text())):
         assert flat.get(key) == value, (key, flat.get(key), value)
+
+
+CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
+CHECKPOINT_KEYS = ("best_checkpoint", "last_checkpoint")
+
+
+def resolved(args: list[str], capsys) -> dict:
+    """The config `lit-dr fit ... --print_config` prints: parsed, defaults applied, nothing built."""
+    with pytest.raises(SystemExit) as done:
+        run(["fit", *args, "--print_config"])
+    assert done.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def in_run_order(callbacks: list[dict]) -> list[dict]:
+    """Lightning runs the ModelCheckpoint callbacks last, in their own order (`_reorder_callbacks`)."""
+    return ([c for c in callbacks if c["class_path"] != CHECKPOINT]
+            + [c for c in callbacks if c["class_path"] == CHECKPOINT])
+
+
+@pytest.mark.parametrize("path", OBJECTIVES, ids=lambda p: p.name)
+def test_objective_config_resolves_as_frozen(path, monkeypatch, capsys):
+    """The objective YAMLs say only how they differ (checkpoints, seed and logging come from the CLI's defaults.yaml,
+    other values from the modules' defaults): they must still resolve to the frozen values, every leaf of them."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    frozen = yaml.safe_load((Path(__file__).with_name("expected_configs.yaml")).read_text())
+    if path.stem not in frozen:
+        pytest.fail(f"tests/expected_configs.yaml has no {path.stem}: add the seed_everything, model, data and trainer "
+                    f"(less its logger) that `lit-dr fit --config {path.relative_to(CONFIGS.parent)} --print_config` "
+                    "prints, once checked by hand")
+    expected = frozen[path.stem]
+    got = resolved(["--config", str(path)], capsys)
+    # The CLI's checkpoints have keys of their own; Lightning appends them to the trainer's callbacks.
+    got["trainer"]["callbacks"] = (got["trainer"]["callbacks"] or []) + [got[k] for k in CHECKPOINT_KEYS]
+    for tree in (expected, got):
+        tree["trainer"]["callbacks"] = in_run_order(tree["trainer"]["callbacks"])
+    assert len(got["trainer"]["callbacks"]) == len(expected["trainer"]["callbacks"])
+    flat = dict(leaves({k: got[k] for k in expected}, list_items=True))
+    # A key the installed libraries no longer have fails here; a key they added since is not compared.
+    for key, value in leaves(expected, list_items=True):
+        assert flat.get(key, "<absent>") == value, (key, flat.get(key, "<absent>"), value)
+
+
+def test_default_checkpoints_stay_beside_config_callbacks_and_the_command_line(monkeypatch, capsys, tmp_path):
+    """A config's callbacks (configs/ance.yaml's refresh) and `--trainer.callbacks+=` go beside the CLI's best and
+    last checkpoints; a config's own list of the same length as a default one does not inherit its values (what a
+    default list in `trainer.callbacks` would do); `--best_checkpoint=null` drops that one."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    ance = ["--config", str(CONFIGS / "ance.yaml")]
+    monitor = "lightning.pytorch.callbacks.LearningRateMonitor"
+
+    def classes(args):
+        return [c["class_path"] for c in resolved(args, capsys)["trainer"]["callbacks"] or []]
+
+    assert classes(ance) == ["lit_dr.NegativeRefresh"]
+    assert classes([*ance, f"--trainer.callbacks+={monitor}"]) == ["lit_dr.NegativeRefresh", monitor]
+    best = resolved(ance, capsys)["best_checkpoint"]["init_args"]
+    assert best["monitor"] == "val/ndcg@10" and best["mode"] == "max" and best["save_weights_only"] is True
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": CHECKPOINT, "init_args": {"every_n_train_steps": 2, "save_top_k": -1}},
+        {"class_path": monitor}]}}))
+    config = resolved([*ance, "--config", str(own)], capsys)
+    assert config["trainer"]["callbacks"][0]["init_args"]["monitor"] is None
+    assert config["best_checkpoint"]["init_args"]["monitor"] == "val/ndcg@10"
+
+    cli = build(["--config", str(CONFIGS / "bm25neg.yaml"), "--best_checkpoint=null"])
+    assert [c.save_last for c in cli.trainer.checkpoint_callbacks] == ["link"]
+    cli = build(["--config", str(CONFIGS / "bm25neg.yaml")])
+    assert [(c.monitor, c.save_last) for c in cli.trainer.checkpoint_callbacks] == [("val/ndcg@10", None),
+                                                                                    (None, "link")]
 
 
 def tiny_config(tmp_path, tiny_beir, tiny_model_dir, cache_dir) -> Path:
@@ -99,9 +173,12 @@ def test_fit_then_load_checkpoint_and_validate(tmp_path, tiny_beir, tiny_model_d
     assert "max_epochs: 1" in (run_dir / "config.yaml").read_text()
     assert list((run_dir / "runs").glob("dev-step*.trec"))
     assert "Dev metrics after fit" in capsys.readouterr().out
-    ckpt = next((run_dir / "checkpoints").glob("*.ckpt"))
-    outcome = json.loads((run_dir / "fit.json").read_text())  # no monitored checkpoint here: Lightning's default
-    assert outcome["best_model_path"] == str(ckpt) and outcome["monitor"] is None
+    outcome = json.loads((run_dir / "fit.json").read_text())
+    # A config without callbacks still gets the CLI's default checkpoints: the best by dev nDCG@10, and last.ckpt.
+    ckpt = Path(outcome["best_model_path"])
+    assert ckpt.parent == run_dir / "checkpoints" and ckpt.name.startswith("epoch0-step")
+    assert outcome["monitor"] == "val/ndcg@10" and outcome["best_model_score"] == outcome["metrics"]["val/ndcg@10"]
+    assert Path(outcome["last_model_path"]) == run_dir / "checkpoints" / "last.ckpt"
     assert outcome["global_step"] == cli.trainer.global_step > 0
     assert outcome["metrics"]["val/ndcg@10"] == float(cli.trainer.callback_metrics["val/ndcg@10"])
     loaded = BM25Negatives.load_from_checkpoint(ckpt)

@@ -71,12 +71,23 @@ def test_same_tower_info_nce_matches_formula(symmetric, use_exclude):
     assert got == pytest.approx(naive_samtone(q, d, 3, 0.1, ex, symmetric), rel=1e-9)
 
 
-def test_samtone_without_same_tower_term_is_info_nce():
-    q, d, exclude = batch(seed=2)
-    for ex in (None, exclude):
-        a = same_tower_info_nce(q, d, 3, 0.07, ex, same_tower=False)
-        b = info_nce(q, d, 3, 0.07, ex)
-        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+def test_samtone_is_info_nce_plus_its_same_tower_share():
+    """L_SamToNe - L_InfoNCE = mean_i log(1 + Q_i / C_i), with C_i = sum_c e^{s(q_i,c)/tau} over the documents the
+    softmax keeps and Q_i = sum_{j != i} e^{s(q_i,q_j)/tau}: the two differ by the q-q terms alone, computed here
+    with logsumexp, not by either loss. With one query there are none, and the two are equal."""
+    q, d, exclude = batch(seed=2)  # B 5, G 3
+    tau = 0.07
+    own = torch.zeros(5, 15, dtype=torch.bool)
+    own[torch.arange(5), torch.arange(5) * 3] = True  # each query's positive, never excluded
+    for ex in (torch.zeros_like(exclude), exclude):
+        cross = (q @ d.T / tau).masked_fill(ex & ~own, float("-inf"))  # (B, B * G)
+        same = (q @ q.T / tau).masked_fill(torch.eye(5, dtype=torch.bool), float("-inf"))  # (B, B)
+        share = torch.nn.functional.softplus(same.logsumexp(1) - cross.logsumexp(1)).mean()  # log(1 + Q/C)
+        got = same_tower_info_nce(q, d, 3, tau, ex)
+        assert torch.allclose(got, info_nce(q, d, 3, tau, ex) + share, rtol=0, atol=1e-12)
+        assert share > 0.01  # the same-tower terms matter in this batch
+    assert torch.allclose(same_tower_info_nce(q[:1], d[:3], 3, tau), info_nce(q[:1], d[:3], 3, tau),
+                          rtol=0, atol=1e-12)
 
 
 def test_same_tower_term_adds_to_the_loss():

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import pytrec_eval  # noqa: F401 (a dependency: a broken install fails here, never skips)
 
-from lit_dr.evaluation.metrics import METRIC_NAMES, read_trec_run, retrieval_metrics, trec_eval_metrics, write_trec_run
+from lit_dr.evaluation.metrics import (
+    METRIC_NAMES,
+    ndcg_values,
+    read_trec_run,
+    retrieval_metrics,
+    trec_eval_metrics,
+    write_trec_run,
+)
 
 
 def _random_run(
@@ -49,15 +56,16 @@ def _random_run(
 
 
 def _as_trec(
-    scores: np.ndarray, rows: np.ndarray, relevance: list[dict[int, int]]
+    scores: np.ndarray, rows: np.ndarray, relevance: list[dict[int, int]], doc_ids: list[str] | None = None
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:
+    name = (lambda d: f"d{d}") if doc_ids is None else (lambda d: doc_ids[d])
     run = {
-        f"q{q}": {f"d{d}": float(s) for d, s in zip(rows[q], scores[q], strict=True) if d >= 0}
+        f"q{q}": {name(d): float(s) for d, s in zip(rows[q], scores[q], strict=True) if d >= 0}
         for q in range(len(rows))
     }
     # A query with nothing retrieved is absent from the run.
     run = {q: docs for q, docs in run.items() if docs}
-    qrels = {f"q{q}": {f"d{d}": g for d, g in rel.items()} for q, rel in enumerate(relevance) if rel}
+    qrels = {f"q{q}": {name(d): g for d, g in rel.items()} for q, rel in enumerate(relevance) if rel}
     return run, qrels
 
 
@@ -71,6 +79,26 @@ def test_matches_trec_eval_on_random_runs(seed: int) -> None:
         assert ours[name] == pytest.approx(oracle[name], abs=1e-6), name
     # The run must exercise every metric away from its trivial values, or the test proves little.
     assert all(0.05 < oracle[name] < 0.95 for name in METRIC_NAMES), oracle
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tied_scores_rank_as_trec_eval_ranks_them(seed: int) -> None:
+    """Scores on a grid of whole numbers: about ten documents share each score, the top 10 included. trec_eval
+    breaks such ties by docid, descending; `retrieval_metrics` (and `ndcg_values` under it) must do the same, with
+    the ids given, and by row without them (the same order when the ids sort as the rows)."""
+    scores, rows, relevance = _random_run(seed, num_docs=2000)
+    scores = np.round(scores)  # -inf stays -inf
+    ids = [f"doc-{i}" for i in np.random.default_rng(seed).permutation(2000)]  # no relation to the rows
+    oracle = trec_eval_metrics(*_as_trec(scores, rows, relevance, ids))
+    assert retrieval_metrics(scores, rows, relevance, ids) == pytest.approx(oracle, abs=1e-6)
+    per_query = ndcg_values(scores, rows, relevance, 10, ids)  # what analysis.ndcg_per_query reports
+    assert np.mean(list(per_query.values())) == pytest.approx(oracle["ndcg@10"], abs=1e-6)
+    padded = [f"d{i:05d}" for i in range(2000)]  # sort as the rows do
+    assert retrieval_metrics(scores, rows, relevance) == pytest.approx(
+        trec_eval_metrics(*_as_trec(scores, rows, relevance, padded)), abs=1e-6)
+    # The ties decide something: ranked by row ascending instead, the same run scores differently.
+    reversed_ids = [f"d{2000 - i:05d}" for i in range(2000)]
+    assert abs(trec_eval_metrics(*_as_trec(scores, rows, relevance, reversed_ids))["ndcg@10"] - oracle["ndcg@10"]) > 1e-3
 
 
 def test_unsorted_slots_are_ranked_by_score() -> None:

@@ -70,8 +70,7 @@ def test_mistakes_are_named_before_anything_runs(tmp_path, monkeypatch, stages, 
 
 
 def tiny_stage(tmp_path, name: str, model: str, tiny_beir, tiny_model_dir, cache_dir, **init_args) -> str:
-    """A 2-step fit with one validation, keeping the best (by dev nDCG@10) and last checkpoints as configs/ does."""
-    checkpoint = "lightning.pytorch.callbacks.ModelCheckpoint"
+    """A 2-step fit with one validation; the CLI's default checkpoints keep the best (by dev nDCG@10) and the last."""
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
         "seed_everything": 0,
@@ -82,11 +81,7 @@ def tiny_stage(tmp_path, name: str, model: str, tiny_beir, tiny_model_dir, cache
                  **({"num_negatives": 0, "negatives": "none"} if model == "lit_dr.LTRe" else {})},
         "trainer": {"max_epochs": 1, "limit_train_batches": 2, "enable_progress_bar": False,
                     "enable_model_summary": False,
-                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"name": "tiny"}},
-                    "callbacks": [
-                        {"class_path": checkpoint, "init_args": {"monitor": "val/ndcg@10", "mode": "max",
-                                                                 "save_weights_only": True}},
-                        {"class_path": checkpoint, "init_args": {"save_last": "link", "filename": "latest"}}]},
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"name": "tiny"}}},
     }))
     return str(path)
 

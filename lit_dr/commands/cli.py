@@ -11,13 +11,13 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from lit_dr.files import atomic_file
 from lit_dr.commands.standalone import COMMANDS, run_command
-from lit_dr.training.datamodule import RetrievalDataModule
+from lit_dr.files import atomic_file, run_directory
 from lit_dr.objectives.base import BiEncoderModule
-from lit_dr.files import run_directory
+from lit_dr.training.datamodule import RetrievalDataModule
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -36,6 +36,12 @@ class SaveRunConfig(SaveConfigCallback):
 
 
 DEFAULT_ROOT_DIR = "runs"
+# Seed, logging cadence and the best/last checkpoints every run starts from (jsonargparse's default config file).
+DEFAULTS = Path(__file__).with_name("defaults.yaml")
+# The checkpoints have keys of their own rather than places in `trainer.callbacks`: jsonargparse merges a list
+# given later item by item into an earlier one of the same length (a config's [ModelCheckpoint, X] would inherit the
+# default's monitor), and a config's list would replace them.
+CHECKPOINT_KEYS = ("best_checkpoint", "last_checkpoint")
 # Model options that do not change the weights: the command line and config win over a checkpoint's saved values.
 RUN_OPTIONS = ("run_dir", "eval_depth", "index_factory", "search_params")
 
@@ -66,6 +72,11 @@ def place_run(trainer: Namespace) -> None:
 
 class LitDrCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
+        # Called for every parser that holds the trainer (each subcommand's, or the one parser under run=False), so
+        # the defaults apply however the CLI is built. Not the main parser of subcommands: it has no `trainer`.
+        for key in CHECKPOINT_KEYS:  # Lightning adds these to the trainer's callbacks; null drops one
+            parser.add_lightning_class_args(ModelCheckpoint, key, subclass_mode=True, required=False)
+        parser.default_config_files = [str(DEFAULTS)]
         # The data module tokenizes with the model's own tokenizer.
         parser.link_arguments("model.init_args.encoder.init_args.model_name_or_path", "data.tokenizer")
 
@@ -89,6 +100,12 @@ class LitDrCLI(LightningCLI):
             # `--ckpt_path` loads tensors and plain containers only: a checkpoint never runs code (lit_dr's own
             # checkpoints hold nothing else). `--weights_only=false` for a trusted checkpoint that needs more.
             config.weights_only = True
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """LightningCLI's, less the checkpoint keys set to null (`--best_checkpoint=null`): they are dropped."""
+        keys = self._parser(self.subcommand).callback_keys
+        extra = [c for c in (self._get(self.config_init, k) for k in keys) if c is not None]
+        return self._instantiate_trainer({**self._get(self.config_init, "trainer", default={}), **kwargs}, extra)
 
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:

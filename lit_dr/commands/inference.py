@@ -170,8 +170,8 @@ def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Pat
 
     Returns the metrics of `lit_dr.evaluation.metrics.retrieval_metrics` when `split` names judgments, else None.
     """
-    from lit_dr.index.faiss_index import check_search_params
     from lit_dr.evaluation.metrics import retrieval_metrics, write_trec_run
+    from lit_dr.index.faiss_index import check_search_params
 
     procs = procs or Processes()
     index_dir = Path(index_dir)
@@ -206,4 +206,4 @@ def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Pat
         return None
     row_of = {str(d): r for r, d in enumerate(doc_ids)}
     relevance = [{row_of[d]: g for d, g in qrels[str(store.ids[r])].items() if d in row_of} for r in rows]
-    return retrieval_metrics(scores, ranked, relevance)
+    return retrieval_metrics(scores, ranked, relevance, doc_ids)  # ties by document id, as in the run file's trec_eval

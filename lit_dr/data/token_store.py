@@ -29,7 +29,7 @@ from lit_dr.data.batches import TokenBatch
 from lit_dr.data.formats import DataFormatError, TextRecord, iter_texts
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2  # 2: texts stored beside the tokens
+FORMAT_VERSION = 3  # 2: texts stored beside the tokens; 3: no per-row file and line arrays (nothing read them)
 _CHUNK = 4096
 _fingerprints: dict[tuple, str] = {}
 
@@ -93,8 +93,6 @@ class TokenStore:
         )
         self.pad_id, self.max_length = int(meta["pad_id"]), int(meta["max_length"])
         self.sources = [Path(p) for p in meta["sources"]]
-        self.lines = np.load(self.directory / "lines.npy", mmap_mode="r")  # (N,) line of each row in its file
-        self.source_index = np.load(self.directory / "source_index.npy", mmap_mode="r")  # (N,) index into sources
         self.text_offsets = np.load(self.directory / "text_offsets.npy", mmap_mode="r")  # (N + 1,) int64
         self._texts = np.memmap(self.directory / "texts.bin", dtype=np.uint8, mode="r") if self.text_offsets[-1] else None
         self._row_of: dict[str, int] | None = None
@@ -108,10 +106,6 @@ class TokenStore:
         if self._row_of is None:
             self._row_of = {str(i): r for r, i in enumerate(self.ids)}
         return self._row_of
-
-    def where(self, row: int) -> str:
-        """"file:line" of a row, for messages."""
-        return f"{self.sources[int(self.source_index[row])].name}:{int(self.lines[row])}"
 
     def text(self, row: int) -> str:
         """The text of one row, exactly as tokenized (title and text joined)."""
@@ -168,7 +162,8 @@ def _build(records, sources, tokenizer, max_length, directory, duplicate_ids, sh
         row_of: dict[str, int] = {}
         ids: list[str] = []
         lengths: list[np.ndarray] = []
-        # Per row: where it came from (source file index, line) and where its text ends in texts.bin.
+        # Per row: where it came from (source file index, line; in memory only, for the duplicate messages) and
+        # where its text ends in texts.bin.
         source_index, lines, offsets = array("h"), array("q"), array("q", [0])
         file_index = {p: i for i, p in enumerate(sources)}
         duplicates, empty = 0, 0  # counted, and the first of each kept for the warning
@@ -223,8 +218,6 @@ def _build(records, sources, tokenizer, max_length, directory, duplicate_ids, sh
         np.save(tmp / "lengths.npy", np.concatenate(lengths))
         np.save(tmp / "ids.npy", np.array(ids))
         np.save(tmp / "text_offsets.npy", np.frombuffer(offsets, dtype=np.int64))
-        np.save(tmp / "lines.npy", np.frombuffer(lines, dtype=np.int64))
-        np.save(tmp / "source_index.npy", np.frombuffer(source_index, dtype=np.int16))
         meta = {"sources": [str(p) for p in sources], "max_length": max_length, "pad_id": pad_id}
         (tmp / "meta.json").write_text(json.dumps(meta))
         tmp.chmod(0o755)  # mkdtemp creates 0700; a cache is meant to be shared

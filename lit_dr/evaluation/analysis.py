@@ -20,25 +20,28 @@ from torch import Tensor
 def ndcg_per_query(
     run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]], k: int = 10
 ) -> dict[str, float]:
-    """trec_eval's `ndcg_cut_k` for each query of `qrels` with a relevant document (the conventions of
-    `lit_dr.evaluation.metrics`): DCG = sum_{r <= k} gain_r / log2(r + 1) over the run's ranking, divided by the DCG of the
-    ideal ranking of the judged gains. Gains are the grades (linear), grades <= 0 count 0. A query absent from
-    the run scores 0. Ties rank as trec_eval ranks them: by document id, descending. Computed here rather than by
-    pytrec_eval, a test-only dependency; the tests hold the two to 1e-12.
+    """trec_eval's `ndcg_cut_k` for each query of `qrels` with a relevant document: the per-query values of
+    `lit_dr.evaluation.metrics.ndcg_values` (the definition `retrieval_metrics` averages, ties ranked as
+    trec_eval ranks them: by document id, descending). A query absent from the run scores 0.
 
     Args:
         run: {qid: {docid: score}} (`lit_dr.evaluation.metrics.read_trec_run`).  qrels: {qid: {docid: grade}}.
     """
-    out = {}
-    for qid, judged in qrels.items():
-        gains = sorted((g for g in judged.values() if g > 0), reverse=True)[:k]
-        if not gains:
-            continue
-        ideal = sum(g / math.log2(r + 2) for r, g in enumerate(gains))
-        ranked = sorted(run.get(qid, {}).items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:k]
-        dcg = sum(max(judged.get(d, 0), 0) / math.log2(r + 2) for r, (d, _) in enumerate(ranked))
-        out[qid] = dcg / ideal
-    return out
+    from lit_dr.evaluation.metrics import ndcg_values
+
+    qids = [q for q, judged in qrels.items() if any(g > 0 for g in judged.values())]
+    doc_ids = sorted({d for q in qids for d in (*run.get(q, {}), *qrels[q])})
+    row = {d: i for i, d in enumerate(doc_ids)}
+    width = max((len(run.get(q, {})) for q in qids), default=0)
+    scores = np.full((len(qids), width), -np.inf)  # (Q, K), padded with empty slots
+    rows = np.full((len(qids), width), -1, dtype=np.int64)
+    for i, q in enumerate(qids):
+        docs = run.get(q, {})
+        rows[i, : len(docs)] = [row[d] for d in docs]
+        scores[i, : len(docs)] = list(docs.values())
+    relevance = [{row[d]: g for d, g in qrels[q].items()} for q in qids]
+    values = ndcg_values(scores, rows, relevance, k, doc_ids)
+    return {q: values[i] for i, q in enumerate(qids)}
 
 
 @dataclass

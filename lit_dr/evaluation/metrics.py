@@ -6,8 +6,11 @@ Conventions shared by `retrieval_metrics` and `trec_eval_metrics` (so the two ag
   scores 0 (trec_eval -c); queries judged all-non-relevant are skipped (plain trec_eval would average
   them in as 0 when they are in the run).
 - MRR@10 is the reciprocal rank of the first relevant document in the top 10, else 0.
-- Ties: `retrieval_metrics` ranks equal scores in slot order; trec_eval ranks them by docid (descending).
-  Tied runs may therefore score differently; the parity tests use distinct scores.
+- Ties rank as trec_eval ranks them (`comp_sim_docno` in its form_res_rels.c): by score descending, equal scores
+  by document id descending in strcmp order. `retrieval_metrics` and `ndcg_values` take the ids as `doc_ids`;
+  without them equal scores rank by corpus row descending, which is trec_eval's order when the ids sort as the rows.
+- nDCG is torchmetrics' `retrieval_normalized_dcg` on the ranking of `_ranked_lists`, for the mean here and per
+  query in `lit_dr.evaluation.analysis.ndcg_per_query`: one definition.
 """
 
 from __future__ import annotations
@@ -24,10 +27,24 @@ METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
 _DEEPEST = 1000  # the deepest cutoff among METRIC_NAMES
 
 
+def trec_eval_order(scores: np.ndarray, ids: Sequence) -> np.ndarray:
+    """(K,) positions of one query's K documents, best first, as trec_eval ranks them: by score descending, equal
+    scores by id descending (`ids` strings compare as strcmp compares their UTF-8 bytes; ints as ints)."""
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    if not np.any(ranked[1:] == ranked[:-1]):
+        return order  # distinct scores: the ids cannot matter, and are not looked at
+    return np.array(sorted(range(len(scores)), key=lambda i: (scores[i], ids[i]), reverse=True), dtype=np.int64)
+
+
 def _ranked_lists(
-    scores: np.ndarray, doc_rows: np.ndarray, relevance: Sequence[Mapping[int, int]]
+    scores: np.ndarray,
+    doc_rows: np.ndarray,
+    relevance: Sequence[Mapping[int, int]],
+    doc_ids: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flatten a run into torchmetrics' (preds, grades, indexes), unretrieved relevant docs appended last.
+    `indexes` are the query positions in `relevance` (only those with a relevant document appear).
 
     preds are ranks turned into positive scores (n, n-1, ..., 1 per query), not the raw scores: torchmetrics'
     MRR and Recall silently treat any document with pred <= 0 as non-relevant (`torch.where(preds > 0, ...)`),
@@ -39,7 +56,8 @@ def _ranked_lists(
             continue
         valid = doc_rows[q] >= 0
         rows, s = doc_rows[q][valid], scores[q][valid]
-        rows = rows[np.argsort(-s, kind="stable")]  # best first, ties in slot order
+        ids = rows if doc_ids is None else _LazyIds(rows, doc_ids)
+        rows = rows[trec_eval_order(s, ids)]  # best first
         _, first = np.unique(rows, return_index=True)
         rows = rows[np.sort(first)]  # a row retrieved twice counts once, at its best rank
         ranked = rows[:_DEEPEST].tolist()  # nothing below the deepest cutoff can change a metric
@@ -60,24 +78,43 @@ def _ranked_lists(
     return torch.cat(preds), torch.cat(grades), torch.cat(indexes)
 
 
+class _LazyIds:
+    """The document ids of one query's rows, looked up only when scores tie (a corpus may have millions)."""
+
+    def __init__(self, rows: np.ndarray, doc_ids: Sequence[str]) -> None:
+        self.rows, self.doc_ids = rows, doc_ids
+
+    def __getitem__(self, i: int) -> str:
+        return str(self.doc_ids[int(self.rows[i])])  # as text: trec_eval compares docnos with strcmp
+
+
+def _check_run(scores: np.ndarray, doc_rows: np.ndarray, relevance: Sequence[Mapping[int, int]]) -> None:
+    if scores.shape != doc_rows.shape or len(relevance) != scores.shape[0]:
+        raise ValueError(
+            f"scores {scores.shape}, doc_rows {doc_rows.shape} and {len(relevance)} relevance dicts disagree"
+        )
+
+
 def retrieval_metrics(
-    scores: np.ndarray, doc_rows: np.ndarray, relevance: Sequence[Mapping[int, int]]
+    scores: np.ndarray,
+    doc_rows: np.ndarray,
+    relevance: Sequence[Mapping[int, int]],
+    doc_ids: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """nDCG@10, MRR@10, Recall@100 and Recall@1000 of a run, averaged over queries with a relevant document.
 
     Args:
         scores: (Q, K) scores, higher is better.  doc_rows: (Q, K) int64 corpus rows, -1 = empty slot.
         relevance: relevance[q] = {doc_row: grade}; grade > 0 is relevant.
+        doc_ids: corpus row -> document id, to rank equal scores as trec_eval does (by id, descending); None:
+            by row, descending.
     Returns:
         {name: value} for every name in METRIC_NAMES; NaN when no query has a relevant document.
     """
     from torchmetrics.retrieval import RetrievalMRR, RetrievalNormalizedDCG, RetrievalRecall
 
-    if scores.shape != doc_rows.shape or len(relevance) != scores.shape[0]:
-        raise ValueError(
-            f"scores {scores.shape}, doc_rows {doc_rows.shape} and {len(relevance)} relevance dicts disagree"
-        )
-    preds, grades, indexes = _ranked_lists(scores, doc_rows, relevance)
+    _check_run(scores, doc_rows, relevance)
+    preds, grades, indexes = _ranked_lists(scores, doc_rows, relevance, doc_ids)
     if len(preds) == 0:
         return dict.fromkeys(METRIC_NAMES, float("nan"))
     # A pure computation on this process's arrays: torchmetrics must not sync its (CPU) states across processes
@@ -97,6 +134,30 @@ def retrieval_metrics(
     return out
 
 
+def ndcg_values(
+    scores: np.ndarray,
+    doc_rows: np.ndarray,
+    relevance: Sequence[Mapping[int, int]],
+    k: int = 10,
+    doc_ids: Sequence[str] | None = None,
+) -> dict[int, float]:
+    """nDCG@k of each query with a relevant document, {position in `relevance`: value}: the per-query values whose
+    mean `retrieval_metrics` reports as ndcg@10 (the same ranking, the same torchmetrics function).
+
+    DCG@k = sum_{r <= k} gain_r / log2(r + 1) over the ranking, gains the grades (<= 0 count 0), divided by the DCG
+    of the ideal ranking of all judged gains (trec_eval's `ndcg_cut_k`). Arguments as `retrieval_metrics`'s.
+    """
+    from torchmetrics.functional.retrieval import retrieval_normalized_dcg
+
+    if not 1 <= k <= _DEEPEST:
+        raise ValueError(f"k must be in [1, {_DEEPEST}], got {k}")
+    _check_run(scores, doc_rows, relevance)
+    preds, grades, indexes = _ranked_lists(scores, doc_rows, relevance, doc_ids)
+    queries, counts = torch.unique_consecutive(indexes, return_counts=True)  # each query's entries are contiguous
+    pairs = zip(queries.tolist(), preds.split(counts.tolist()), grades.split(counts.tolist()), strict=True)
+    return {q: float(retrieval_normalized_dcg(p, g, top_k=k)) for q, p, g in pairs}
+
+
 def trec_eval_metrics(
     run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]
 ) -> dict[str, float]:
@@ -110,7 +171,9 @@ def trec_eval_metrics(
     if not judged:
         return dict.fromkeys(METRIC_NAMES, float("nan"))
     full = {q: dict(run.get(q, {})) for q in judged}
-    top10 = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:10]) for q, docs in full.items()}
+    # trec_eval's own top 10: by score, equal scores by docid descending.
+    top10 = {q: dict(sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:10])
+             for q, docs in full.items()}
     per_query = pytrec_eval.RelevanceEvaluator(judged, {"ndcg_cut.10", "recall.100,1000"}).evaluate(full)
     rr = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(top10)
     # pytrec_eval returns entries only for queries it saw in the run; a missing query scores 0.

@@ -51,7 +51,6 @@ def same_tower_info_nce(
     temperature: float = 0.05,
     exclude: Tensor | None = None,
     symmetric: bool = False,
-    same_tower: bool = True,
 ) -> Tensor:
     """InfoNCE with the batch's other queries as extra negatives (SamToNe).
 
@@ -64,8 +63,8 @@ def same_tower_info_nce(
 
     Args:
         q: (B, H).  d: (B * G, H), row i * G is q_i's positive.  exclude: (B, B * G) bool or None.
-        same_tower: False drops the same-tower terms, which leaves exactly `info_nce` (used as a test oracle).
     Reference: Moiseev et al., Findings of ACL 2023 (arXiv 2306.02516): cosine similarity, no extra weight.
+    Relation: without the q-q terms (one query, B = 1) this is `info_nce`.
     """
     b = q.shape[0]
     targets = positive_columns(b, group_size, q.device)  # (B,)
@@ -73,10 +72,8 @@ def same_tower_info_nce(
 
     def direction(anchor: Tensor, cross: Tensor, same: Tensor, target: Tensor, drop: Tensor | None) -> Tensor:
         logits = _drop(anchor @ cross.T / temperature, drop, target)  # (B, C)
-        if same_tower:
-            same_scores = (anchor @ same.T / temperature).masked_fill(self_pairs, float("-inf"))  # (B, B)
-            logits = torch.cat([logits, same_scores], dim=1)
-        return F.cross_entropy(logits, target)
+        same_scores = (anchor @ same.T / temperature).masked_fill(self_pairs, float("-inf"))  # (B, B)
+        return F.cross_entropy(torch.cat([logits, same_scores], dim=1), target)
 
     loss = direction(q, d, q, targets, exclude)
     if not symmetric:
@@ -87,9 +84,7 @@ def same_tower_info_nce(
     return (loss + reverse) / 2
 
 
-def two_way_nll(
-    q: Tensor, d: Tensor, group_size: int, temperature: float = 1.0, in_batch: bool = False
-) -> Tensor:
+def two_way_nll(q: Tensor, d: Tensor, group_size: int, temperature: float = 1.0) -> Tensor:
     """ANCE's loss as released: a 2-way softmax {positive, one negative} per (query, hard negative) triple.
 
     L = 1/(B (G-1)) sum_i sum_{k=1}^{G-1} softplus( (s(q_i,d_{iG+k}) - s(q_i,d_{iG})) / tau )
@@ -98,13 +93,10 @@ def two_way_nll(
 
     Args:
         q: (B, H).  d: (B * G, H), row i * G is q_i's positive, the next G - 1 rows its negatives.
-        in_batch: the "add in-batch negatives" option: one softmax per query over its positive, its own
-            negatives and every other document of the batch: exactly `info_nce`, which is what is called.
     Reference: Xiong et al., ICLR 2021 (arXiv 2007.00808); code microsoft/ANCE: tau 1, no in-batch negatives.
-    Relation: `dual_two_way_nll` (DANCE) adds the document -> query direction.
+    Relation: `dual_two_way_nll` (DANCE) adds the document -> query direction. ANCE's "add in-batch negatives"
+    option (one softmax per query over every document of the batch) is `info_nce`.
     """
-    if in_batch:
-        return info_nce(q, d, group_size, temperature)
     if group_size < 2:
         raise ValueError(f"two_way_nll needs at least one hard negative per query (group_size {group_size})")
     b, h = q.shape

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from lit_dr.data.batches import TrainBatch
-from lit_dr.models.losses import two_way_nll
+from lit_dr.models.losses import info_nce, two_way_nll
 from lit_dr.objectives.base import BiEncoderModule
 
 
@@ -31,4 +31,6 @@ class ANCE(BiEncoderModule):
         self.in_batch_negatives = in_batch_negatives
 
     def compute_loss(self, q: Tensor, d: Tensor, batch: TrainBatch) -> Tensor:
-        return two_way_nll(q, d, batch.group_size, self.temperature, self.in_batch_negatives)
+        if self.in_batch_negatives:
+            return info_nce(q, d, batch.group_size, self.temperature)
+        return two_way_nll(q, d, batch.group_size, self.temperature)

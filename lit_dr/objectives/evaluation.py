@@ -103,7 +103,8 @@ class Evaluation(L.LightningModule):
 
     def evaluate(self, split: str, prefix: str) -> dict[str, float]:
         query_rows, queries, index, scores, ranked = self.retrieve(split)
-        metrics = retrieval_metrics(scores, ranked, self.data.relevance_for(query_rows, split))
+        metrics = retrieval_metrics(scores, ranked, self.data.relevance_for(query_rows, split),
+                                    index.store.ids)  # ties by document id, as trec_eval ranks the run file
         metrics.update(self.extra_eval_metrics(query_rows, queries, index))
         # Every process computed the same numbers from the same gathered rankings: no sync needed.
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False)
