@@ -36,8 +36,8 @@ def main() -> None:
 
     from lit_dr.data.formats import iter_texts
     from lit_dr.data.token_store import build_store
-    from lit_dr.models.encoder import Encoder, resolve_model_path
     from lit_dr.index.encoding import encode_store
+    from lit_dr.models.encoder import Encoder, resolve_model_path
 
     path = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
     records = list(islice(iter_texts(args.corpus), args.docs))

@@ -55,9 +55,9 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from lit_dr import BiEncoderModule, RetrievalDataModule
+    from lit_dr.commands.export import export_checkpoint, read_checkpoint_facts
     from lit_dr.data.formats import iter_texts
     from lit_dr.index.encoding import encode_store
-    from lit_dr.commands.export import export_checkpoint, read_checkpoint_facts
 
     work = Path(tempfile.mkdtemp(prefix="export-parity-"))
     ckpt = Path(args.checkpoint) if args.checkpoint else untrained_checkpoint(work / "untrained.ckpt")

@@ -32,9 +32,9 @@ def prepare(workdir: Path, size: int) -> tuple[Path, Path]:
     import lightning as L
 
     from lit_dr import BM25Negatives, Encoder, RetrievalDataModule
-    from lit_dr.data.token_store import cached_store
     from lit_dr.commands.inference import load_towers
     from lit_dr.data.synthetic import build_tiny_bert, write_beir, write_random_corpus
+    from lit_dr.data.token_store import cached_store
 
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt, model_dir = workdir / "tiny768.ckpt", workdir / "tiny-bert"

@@ -44,9 +44,9 @@ def main() -> None:
     args = p.parse_args()
 
     from lit_dr import RetrievalDataModule
+    from lit_dr.evaluation.metrics import retrieval_metrics
     from lit_dr.index.encoding import encode_store
     from lit_dr.index.faiss_index import build_index, search
-    from lit_dr.evaluation.metrics import retrieval_metrics
     from lit_dr.index.search import warn_short_results
 
     encode_q, encode_d, tokenizer = encoders(args.checkpoint)

@@ -49,8 +49,8 @@ def build_model(workdir: Path) -> str:
 
 def build_corpus(workdir: Path, size: int, queries: int, model_dir: str) -> tuple[Path, float, float]:
     """The data set for `size` documents, written and tokenized once; returns (root, write s, tokenize s)."""
-    from lit_dr.training.datamodule import RetrievalDataModule
     from lit_dr.data.synthetic import write_random_corpus
+    from lit_dr.training.datamodule import RetrievalDataModule
 
     root = workdir / "data" / f"n{size}-q{queries}"
     write_s = 0.0

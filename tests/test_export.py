@@ -13,9 +13,9 @@ import yaml
 
 from lit_dr import BiEncoderModule, BM25Negatives, Encoder, RetrievalDataModule, SamToNe
 from lit_dr.commands.cli import main, run
+from lit_dr.commands.export import export_checkpoint
 from lit_dr.data.formats import iter_texts
 from lit_dr.index.encoding import encode_store
-from lit_dr.commands.export import export_checkpoint
 
 QUERY_LEN, DOC_LEN = 4, 12  # shorter than the synthetic texts, so truncation at each side's own length matters
 

@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 
 from lit_dr import BM25Negatives, Encoder, RetrievalDataModule
-from lit_dr.index.encoding import autocast_factory, encode_store
 from lit_dr.evaluation.metrics import retrieval_metrics, trec_eval_metrics
+from lit_dr.index.encoding import autocast_factory, encode_store
 from lit_dr.index.search import search_backend
 
 

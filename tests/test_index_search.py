@@ -10,9 +10,9 @@ import torch
 
 from lit_dr import BM25Negatives, Encoder, RetrievalDataModule
 from lit_dr.commands.cli import main
-from lit_dr.index.embeddings import EmbeddingShards
 from lit_dr.commands.inference import index_corpus, search_index
 from lit_dr.evaluation.metrics import read_trec_run
+from lit_dr.index.embeddings import EmbeddingShards
 
 
 @pytest.fixture(autouse=True)

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from lit_dr import ANCE, DANCE, BM25Negatives, Encoder, LTRe, RetrievalDataModule, SamToNe
-from lit_dr.models import large_batch
 from lit_dr.data.batches import TokenBatch
 from lit_dr.data.synthetic import write_beir
+from lit_dr.models import large_batch
 
 TESTS = Path(__file__).resolve().parent
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\(\)`")

@@ -3,10 +3,10 @@ retrieval is exact, a resumed run reuses the embeddings, and training improves o
 
 from __future__ import annotations
 
-import faiss  # noqa: F401 (a dependency: a broken install fails here, never skips)
-import lightning as L
 from pathlib import Path
 
+import faiss  # noqa: F401 (a dependency: a broken install fails here, never skips)
+import lightning as L
 import numpy as np
 import pytest
 import torch

@@ -18,12 +18,18 @@ import torch
 
 import lit_dr.index.faiss_index as fi  # its new names read per test: each test fails alone on the code before them
 from lit_dr import DANCE, BM25Negatives, Encoder, RetrievalDataModule
-from lit_dr.training import NegativeRefresh
-from lit_dr.index.embeddings import EmbeddingShards, finish_shard, open_shard_for_writing, shard_path, write_meta
 from lit_dr.commands.inference import index_corpus, search_index
 from lit_dr.evaluation.metrics import read_trec_run
-from lit_dr.index.search import FixedIndex, exact_search_stream, search_backend
 from lit_dr.index.corpus_index import CorpusIndex
+from lit_dr.index.embeddings import (
+    EmbeddingShards,
+    finish_shard,
+    open_shard_for_writing,
+    shard_path,
+    write_meta,
+)
+from lit_dr.index.search import FixedIndex, exact_search_stream, search_backend
+from lit_dr.training import NegativeRefresh
 
 TRAINER = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                accelerator="cpu")

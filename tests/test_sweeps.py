@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from lit_dr.commands.cli import LitDrCLI
-from lit_dr.training.datamodule import RetrievalDataModule
 from lit_dr.objectives.base import BiEncoderModule
+from lit_dr.training.datamodule import RetrievalDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))

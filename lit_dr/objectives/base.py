@@ -14,9 +14,9 @@ from lit_dr.index.corpus_index import Tower
 from lit_dr.index.faiss_index import check_search_params
 from lit_dr.models.large_batch import gather_keep_local, gather_train_batch, grad_cached_loss
 from lit_dr.objectives.checkpoints import Checkpointed, build_tower, save_tower_hparams
+from lit_dr.objectives.data_interface import RetrievalData, retrieval_data
 from lit_dr.objectives.evaluation import Evaluation
 from lit_dr.objectives.random_state import RandomState
-from lit_dr.objectives.data_interface import RetrievalData, retrieval_data
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import torch
 from torch import Tensor
 
 from lit_dr.data.batches import TrainBatch
+from lit_dr.index.corpus_index import CorpusIndex
 from lit_dr.index.embeddings import EmbeddingShards
 from lit_dr.models.losses import listwise_softmax_loss, ltre_pairwise_loss
 from lit_dr.objectives.base import BiEncoderModule
-from lit_dr.index.corpus_index import CorpusIndex
 
 log = logging.getLogger(__name__)
 
