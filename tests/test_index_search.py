@@ -37,7 +37,7 @@ def checkpoint(tmp_path_factory, tiny_beir, tiny_model_dir):
 def test_index_and_search_match_evaluation(checkpoint, tiny_beir, tmp_path):
     ckpt, dm, ndcg, model = checkpoint
     emb = index_corpus(ckpt, tiny_beir, tmp_path / "index", show_progress=False)
-    assert len(emb) == len(dm.corpus) and not (tmp_path / "index" / "index.faiss").exists()  # Flat: no index file
+    assert len(emb) == len(dm.corpus) and not list((tmp_path / "index").rglob("*.faiss"))  # Flat: no index file
     # The corpus embeddings of evaluation's own mechanism, from the data module's token cache.
     from lit_dr.index.encoding import encode_store
 

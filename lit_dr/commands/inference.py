@@ -111,7 +111,7 @@ def index_corpus(model: str | Path, corpus: str | Path, out_dir: str | Path, ind
                  search_params: dict[str, float] | None = None) -> EmbeddingShards:
     """Encode every text of `corpus` with the model's document tower into embedding shards under `out_dir` (each
     process its share), then (process 0) the ids, a manifest `index.json` (with `search_params`, the default of
-    `lit-dr search`) and, for a non-exact `index_factory` only, a FAISS index `index.faiss` built from the shards
+    `lit-dr search`) and, for a non-exact `index_factory` only, a FAISS index `embeddings/index-<factory>.faiss` built from the shards
     in blocks. Exact search ("Flat") streams over the shards and needs no index: the matrix is never held in
     memory. The tokens come from (or go to) the token cache under `cache_dir` (default `$LIT_DR_CACHE`)."""
     from lit_dr.index.faiss_index import check_search_params
@@ -125,10 +125,8 @@ def index_corpus(model: str | Path, corpus: str | Path, out_dir: str | Path, ind
     index = CorpusIndex(store, out_dir, dtype=dtype, procs=procs,
                         encoding=Encoding(batch_size, autocast, show_progress and procs.rank == 0))
     embeddings = index.embed(corpus_index.Tower(tower.encode, tower.dim), "embeddings")
-    if procs.rank == 0:
-        (out_dir / "index.faiss").unlink(missing_ok=True)  # a leftover of an earlier index
-    if not is_exact(index_factory):  # built once, by the corpus index, as evaluation builds it; written here
-        index.save_faiss(index_factory, out_dir / "index.faiss")
+    if not is_exact(index_factory):  # built by the corpus index, as evaluation builds it; written beside the shards
+        index.save_faiss(index_factory)
     if procs.rank == 0:
         np.save(out_dir / "ids.npy", store.ids)
         manifest = {"model": str(Path(model).resolve()), "corpus": str(source.resolve()), "rows": len(store),
@@ -196,7 +194,7 @@ def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Pat
              if len(mine) else torch.empty(0, tower.dim))  # (Q_r, H)
     index = CorpusIndex.open(index_dir / "embeddings", procs)
     if not is_exact(factory):  # the FAISS index `lit-dr index` wrote, not a new one
-        index.load_faiss(index_dir / "index.faiss", factory, params)
+        index.load_faiss(factory, params)
     scores, ranked = index.search(local.numpy(), k, factory, params, share=False)
     if procs.rank != 0:
         return None

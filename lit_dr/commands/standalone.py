@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("model", help=MODEL_HELP)
             p.add_argument("corpus", help="a corpus file (BEIR .jsonl with _id/title/text, MS MARCO .tsv) or a "
                                           "BEIR / MS MARCO data set directory")
-            p.add_argument("out_dir", help="where embeddings/, ids.npy, index.json and (not for Flat) index.faiss go")
+            p.add_argument("out_dir", help="where embeddings/ (with, not for Flat, its FAISS index), ids.npy and index.json go")
             p.add_argument("--index_factory", default="Flat", help="FAISS factory string: Flat (exact, streamed "
                            "over the embedding files: no index file), 'IVF4096,PQ64', HNSW32, ... (default Flat)")
             p.add_argument("--embedding_dtype", choices=("float32", "float16"), default="float32")

@@ -30,7 +30,14 @@ from lit_dr.data.batches import TokenBatch
 from lit_dr.data.token_store import TokenStore
 from lit_dr.index.embeddings import EmbeddingDtype, EmbeddingShards
 from lit_dr.index.encoding import AutocastFactory, encode_to_shards
-from lit_dr.index.search import FixedIndex, Processes, even_share, gather_results, warn_short_results
+from lit_dr.index.search import (
+    FixedIndex,
+    Processes,
+    even_share,
+    gather_results,
+    index_file,
+    warn_short_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +167,13 @@ class CorpusIndex:
             self._searchers[key] = FixedIndex(self._current(), factory, self.procs, resident=resident, params=params)
         return self._searchers[key]
 
-    def load_faiss(self, path: str | Path, factory: str, params: dict[str, float] | None = None) -> None:
-        """Search `factory` with the FAISS index in `path` (one `save_faiss` wrote over these embeddings) instead of
-        building it again."""
+    def load_faiss(self, factory: str, params: dict[str, float] | None = None) -> None:
+        """Search `factory` with the FAISS index `save_faiss` wrote beside these embeddings, not a new one."""
         from lit_dr.index.faiss_index import import_faiss
 
+        path = index_file(self._current().directory, factory)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} missing: no {factory} index was written over these embeddings")
         key = (factory, json.dumps(params, sort_keys=True), False)
         self._searchers[key] = FixedIndex(self._current(), factory, self.procs, resident=False, params=params,
                                           built=import_faiss().read_index(str(path)))
@@ -200,18 +209,19 @@ class CorpusIndex:
             raise ValueError("vectors() reads rows of an index over a whole store")
         return self.searcher(factory, params, resident).vectors(rows, device)
 
-    def save_faiss(self, factory: str, path: str | Path) -> None:
-        """Write the FAISS index of a non-exact `factory` (process 0): `lit-dr index`'s `index.faiss`."""
+    def save_faiss(self, factory: str) -> Path:
+        """Write the FAISS index of a non-exact `factory` beside the embeddings (`search.index_file`; process 0 of a
+        job of several has written it already), for `lit-dr search` to read (`load_faiss`). Collective."""
         from lit_dr.index.faiss_index import import_faiss
 
-        index = self.searcher(factory).index
+        index, path = self.searcher(factory).index, index_file(self._current().directory, factory)
         if index is None:
             raise ValueError(f"{factory!r} is exact search: it has no FAISS index to write")
-        if self.procs.rank == 0:
+        if self.procs.rank == 0 and not path.exists():
             faiss = import_faiss()
-            cpu = faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") and \
-                type(index).__name__.startswith("Gpu") else index
-            faiss.write_index(cpu, str(path))
+            on_gpu = hasattr(faiss, "index_gpu_to_cpu") and type(index).__name__.startswith("Gpu")
+            faiss.write_index(faiss.index_gpu_to_cpu(index) if on_gpu else index, str(path))
+        return path
 
 
 def _empty(k: int) -> tuple[np.ndarray, np.ndarray]:

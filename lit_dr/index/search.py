@@ -23,6 +23,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -168,11 +169,16 @@ def _torch_stream_f32(embeddings, queries, k, device, block_rows) -> tuple[np.nd
     return best.cpu().numpy(), rows.cpu().numpy()
 
 
+def index_file(directory: Path, factory: str) -> Path:
+    """Where the FAISS index of `factory` over the embeddings in `directory` is kept: the one file name."""
+    return Path(directory) / f"index-{''.join(c if c.isalnum() else '_' for c in factory)}.faiss"
+
+
 def shared_index(embeddings: EmbeddingShards, factory: str, procs: Processes, gpu: bool):
     """One FAISS index over `embeddings`, built once: by process 0, written beside the embeddings and read by the
     others. Its memory is the index's own (compressed for PQ); exact search does not come here."""
     faiss = import_faiss()
-    path = embeddings.directory / f"index-{''.join(c if c.isalnum() else '_' for c in factory)}.faiss"
+    path = index_file(embeddings.directory, factory)
     if procs.world_size == 1:
         index = build_index(embeddings, factory)
     else:
