@@ -7,6 +7,7 @@ fit without a refresh resumed mid-epoch ends with the same weights."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -348,3 +349,28 @@ def test_a_fit_without_refresh_resumed_mid_epoch_ends_with_the_same_weights(tiny
     fit(tmp_path / "b", 3)  # interrupted after step 3
     resumed = fit(tmp_path / "b", 6, ckpt_path=str(tmp_path / "b" / "s3.ckpt"))
     assert_same(uninterrupted, resumed)
+
+
+def test_a_checkpoint_from_before_the_layers_loads(tiny_model_dir, tmp_path, caplog):
+    """Checkpoints written before issue 17 name the tower `lit_dr.encoder.Encoder` and hold `embedding_dir` /
+    `embedding_dtype` (now the data module's): both load, the moved options ignored with a warning."""
+    import lightning
+
+    from lit_dr import BiEncoderModule
+
+    model = BM25Negatives(optimizer=torch.optim.AdamW, encoder=Encoder(tiny_model_dir, normalize=True),
+                          temperature=0.1)
+    hparams = dict(model.hparams)
+    hparams["encoder"] = {**hparams["encoder"], "class_path": "lit_dr.encoder.Encoder"}
+    hparams.update(embedding_dir=None, embedding_dtype="float32")
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "global_step": 3,
+                "pytorch-lightning_version": lightning.__version__,
+                "lit_dr": {"class_path": "lit_dr.modules.bm25neg.BM25Negatives", "last_evaluation": None}}, path)
+    with caplog.at_level(logging.WARNING, logger="lit_dr.objectives.checkpoints"):
+        loaded = BiEncoderModule.load_from_checkpoint(path)
+    assert type(loaded) is BM25Negatives and loaded.temperature == 0.1
+    assert "embedding_dir" not in loaded.hparams and any("data module's options" in r.getMessage()
+                                                         for r in caplog.records)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, msg=name)

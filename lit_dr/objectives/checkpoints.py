@@ -8,6 +8,7 @@ where it has none, the comment at that line says why.
 from __future__ import annotations
 
 import importlib
+import io
 import logging
 import sys
 import warnings
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 # their config in the hyperparameters. Lightning has no public name for it; its CLI writes this string.
 INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 TOWERS = ("encoder", "doc_encoder")
+# Hyperparameters of older checkpoints that the objectives no longer take: issue 17 moved where the corpus
+# embeddings go to the data module (`RetrievalDataModule(embedding_dir, embedding_dtype)`).
+MOVED_TO_DATA = ("embedding_dir", "embedding_dtype")
 
 
 def trained_class(checkpoint_path) -> type | None:
@@ -32,6 +36,23 @@ def trained_class(checkpoint_path) -> type | None:
     path = checkpoint.get("hyper_parameters", {}).get("_class_path") or checkpoint.get("lit_dr", {}).get("class_path")
     module, _, name = (path or "").rpartition(".")
     return getattr(sys.modules.get(module), name, None) if module else None
+
+
+def without_moved_hparams(checkpoint_path):
+    """`checkpoint_path` itself, or, for a checkpoint whose hyperparameters name options the module no longer takes
+    (`MOVED_TO_DATA`), an in-memory copy without them: Lightning would pass them to `__init__`."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    hparams = checkpoint.get("hyper_parameters", {})
+    moved = [k for k in MOVED_TO_DATA if k in hparams]
+    if not moved:
+        return checkpoint_path
+    log.warning("%s: %s are the data module's options now; ignored", checkpoint_path, moved)
+    for key in moved:
+        hparams.pop(key)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def tower_spec(tower: nn.Module | None) -> dict | None:
@@ -96,6 +117,7 @@ class Checkpointed(L.LightningModule):
         trained = trained_class(checkpoint_path)
         if trained is not None and trained is not cls and issubclass(trained, cls):
             return trained.load_from_checkpoint(checkpoint_path, *args, weights_only=weights_only, **kwargs)
+        checkpoint_path = without_moved_hparams(checkpoint_path)
         return super().load_from_checkpoint(checkpoint_path, *args, weights_only=weights_only, **kwargs)
 
     def tower_state(self, path: str) -> dict[str, Tensor]:
