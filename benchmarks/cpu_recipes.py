@@ -47,7 +47,12 @@ SEPARATE_TOWERS = ["--model.init_args.doc_encoder=lit_dr.Encoder",
 OLD = ["--model.init_args.optimizer.init_args.lr=2e-5", '--model.init_args.scheduler={"class_path": '
        '"lit_dr.training.schedulers.LinearWarmup", "init_args": {"warmup_steps": 10, "total_steps": null}}']
 
-# name: (objective config, overrides)
+# Gradient caching: a batch of 64 queries embedded 16 texts at a time (exact gradients; README "Large batches").
+BATCH_64 = ["--data.train_batch_size=64", "--model.init_args.grad_cache_chunk_size=16"]
+MASK = ["--model.init_args.mask_shared_positive_queries=true"]  # samtone.yaml excludes judged documents already
+CMD1 = "lr1e-4_decay_8ep"  # command 1's first stage (configs/bm25neg.yaml)
+
+# name: (objective config, overrides); a run in WARM_START starts from the best checkpoint of the run it names
 RUNS: dict[str, tuple[str, list[str]]] = {
     "bm25neg_3ep": ("bm25neg", epochs(3) + OLD),  # command 1 before issue 9
     "lr2e-5_8ep": ("bm25neg", epochs(8) + OLD),
@@ -65,11 +70,39 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "samtone_towers_3ep": ("samtone", epochs(3) + OLD + SEPARATE_TOWERS),
     # ... and at command 1's new one
     "samtone_lr1e-4_decay_8ep": ("samtone", epochs(8) + decay(1e-4, 8)),
+    # issue 18: queries sharing a positive out of the q-q term, and batches of 64 against 64 (60 steps each)
+    "samtone_mask_3ep": ("samtone", epochs(3) + OLD + MASK),
+    "bm25neg_b64_60": ("bm25neg", [*epochs(6), *OLD, *BATCH_64]),   # 647 train queries: 10 steps an epoch
+    "samtone_b64_60": ("samtone", [*epochs(6), *OLD, *BATCH_64]),
+    # issue 18: the refresh objectives and LTRe from command 1's first stage (module defaults and configs as they
+    # are unless said; LTRe evaluates every epoch, the table reads its last)
+    "ltre_from_cmd1": ("ltre", []),
+    "ltre_lr5e-5_from_cmd1": ("ltre", ["--model.init_args.optimizer.init_args.lr=5e-5"]),
+    "ltre_listwise_from_cmd1": ("ltre", ["--model.init_args.loss=listwise"]),
+    "ltre_6ep_from_cmd1": ("ltre", ["--trainer.max_epochs=6"]),
+    "ance_from_cmd1": ("ance", []),
+    "dance1_from_cmd1": ("dance_stage1", []),
+    "dance2_from_dance1": ("dance", []),
+    # the chosen command 1, other batches and negatives
+    "ltre_from_cmd1_sampling1": ("ltre", []),
 }
+WARM_START = {"ltre_from_cmd1": CMD1, "ltre_lr5e-5_from_cmd1": CMD1, "ltre_listwise_from_cmd1": CMD1,
+              "ltre_6ep_from_cmd1": CMD1, "ance_from_cmd1": CMD1, "dance1_from_cmd1": CMD1,
+              "dance2_from_dance1": "dance1_from_cmd1", "ltre_from_cmd1_sampling1": f"{CMD1}_sampling1"}
+
+
+def best_checkpoint(name: str, out: Path) -> Path:
+    """The best (dev nDCG@10) checkpoint of a finished run: the CLI's `best_checkpoint`, named epoch*-step*.ckpt."""
+    found = sorted((out / name).glob("*/*/checkpoints/epoch*-step*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SystemExit(f"{name} warm-starts from {WARM_START[name]}, which has no best checkpoint under {out}")
+    return found[-1]
 
 
 def fit(name: str, out: Path, threads: int) -> None:
     objective, overrides = RUNS[name]
+    if name in WARM_START:
+        overrides = [*overrides, f"--model.init_args.init_checkpoint={best_checkpoint(WARM_START[name], out)}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "lit_dr", "fit", "--config", f"configs/{objective}.yaml",
            "--config", "configs/logger/csv.yaml", "--trainer.enable_progress_bar=false",
@@ -99,17 +132,20 @@ def table(names: list[str], out: Path, baseline: str | None) -> None:
 
     qrels = split_qrels("scifact", "dev")
     done = {n: r for n in names if (r := result(n, out))}
-    base = ndcg_per_query(read_trec_run(done[baseline][2]), qrels) if baseline in done else None
-    print(f"| run | objective | steps | {' | '.join(METRICS)} | vs {baseline}: wins/losses, p |")
-    print("| --- | --- | --- |" + " --- |" * (len(METRICS) + 1))
+    print(f"| run | objective | steps | wall s | {' | '.join(METRICS)} | against | difference: wins/losses, p |")
+    print("| --- | --- | --- | --- |" + " --- |" * (len(METRICS) + 2))
     for name, (metrics, step, trec) in done.items():
+        # a warm-started run against its warm start, the others against --baseline
+        against = WARM_START.get(name, baseline)
         paired = ""
-        if base is not None and name != baseline:
+        if against != name and (other := done.get(against) or result(against, out)):
+            base = ndcg_per_query(read_trec_run(other[2]), qrels)
             cmp = per_query_differences(base, ndcg_per_query(read_trec_run(trec), qrels))
             c = cmp.counts()
             paired = f"{cmp.diff.mean():+.4f}: {c['wins']}/{c['losses']}, p={cmp.p_value():.3f}"
-        print(f"| {name} | {RUNS[name][0]} | {step} | " + " | ".join(f"{metrics[k]:.4f}" for k in METRICS)
-              + f" | {paired} |")
+        wall = out / name / "wall_s"
+        print(f"| {name} | {RUNS[name][0]} | {step} | {wall.read_text().strip() if wall.exists() else ''} | "
+              + " | ".join(f"{metrics[k]:.4f}" for k in METRICS) + f" | {against if paired else ''} | {paired} |")
     for name in sorted(set(names) - set(done)):
         print(f"(no dev result yet: {name})")
 

@@ -108,3 +108,35 @@ def test_gradients_reach_both_towers():
     d.requires_grad_(True)
     same_tower_info_nce(q, d, 3, 0.1, symmetric=True).backward()
     assert q.grad.abs().sum() > 0 and d.grad.abs().sum() > 0
+
+
+def naive_masked_samtone(q, d, g, tau, pairs):
+    """The one-way SamToNe loss with the q-q pairs in `pairs` left out of the denominator, from the formula."""
+    total = 0.0
+    for i in range(len(q)):
+        pos = float(q[i] @ d[i * g]) / tau
+        denom = sum(math.exp(float(q[i] @ d[c]) / tau) for c in range(len(d)))
+        denom += sum(math.exp(float(q[i] @ q[j]) / tau) for j in range(len(q)) if j != i and (i, j) not in pairs)
+        total += -(pos - math.log(denom))
+    return total / len(q)
+
+
+def test_queries_sharing_a_positive_leave_the_same_tower_sum():
+    """Queries 0 and 2 share a positive (d[2 * G] is also judged relevant to query 0); queries 1 and 3 the other way
+    round (q_1's positive is relevant to q_3). The mask names exactly those pairs, both ways, and the loss leaves
+    them out of the q-q sum as the formula does; without the mask the loss is the unmasked one."""
+    from lit_dr.models.losses import shared_positive_pairs
+
+    q, d, _ = batch(b=5, g=3, seed=4)
+    exclude = torch.zeros(5, 15, dtype=torch.bool)
+    exclude[0, 2 * 3] = True  # p_2 is a positive of q_0 as well
+    exclude[3, 1 * 3] = True  # p_1 is a positive of q_3 as well
+    exclude[4, 4 * 3 + 1] = True  # a judged hard negative of q_4's own: no query pair
+    pairs = shared_positive_pairs(exclude, 3)
+    assert {tuple(ij) for ij in pairs.nonzero().tolist()} == {(0, 2), (2, 0), (1, 3), (3, 1)}
+    got = same_tower_info_nce(q, d, 3, 1.0, same_tower_exclude=pairs).item()
+    want = naive_masked_samtone(q, d, 3, 1.0, {(0, 2), (2, 0), (1, 3), (3, 1)})
+    assert got == pytest.approx(want, rel=1e-9)
+    assert got != pytest.approx(same_tower_info_nce(q, d, 3, 1.0).item(), rel=1e-6)
+    assert same_tower_info_nce(q, d, 3, 0.1, same_tower_exclude=torch.zeros(5, 5, dtype=torch.bool)).item() == \
+        pytest.approx(naive_samtone(q, d, 3, 0.1), rel=1e-9)

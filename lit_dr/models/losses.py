@@ -51,6 +51,7 @@ def same_tower_info_nce(
     temperature: float = 0.05,
     exclude: Tensor | None = None,
     symmetric: bool = False,
+    same_tower_exclude: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE with the batch's other queries as extra negatives (SamToNe).
 
@@ -59,16 +60,21 @@ def same_tower_info_nce(
     c runs over every document of the batch (positives and hard negatives). With `symmetric`, the p -> q
     direction is added and the two are averaged:
     L'_i = -log e^{s(p_i,q_i)/tau} / ( sum_j e^{s(p_i,q_j)/tau} + sum_{j != i} e^{s(p_i,p_j)/tau} ),
-    where the p_j are the batch's positives.
+    where the p_j are the batch's positives. `same_tower_exclude[i, j]` removes the pair (i, j) from both
+    same-tower sums (q_i, q_j there; p_i, p_j in the reverse direction): e.g. two queries that share a positive,
+    which the q-q term would otherwise push apart (`shared_positive_pairs`).
 
     Args:
         q: (B, H).  d: (B * G, H), row i * G is q_i's positive.  exclude: (B, B * G) bool or None.
+        same_tower_exclude: (B, B) bool or None.
     Reference: Moiseev et al., Findings of ACL 2023 (arXiv 2306.02516): cosine similarity, no extra weight.
     Relation: without the q-q terms (one query, B = 1) this is `info_nce`.
     """
     b = q.shape[0]
     targets = positive_columns(b, group_size, q.device)  # (B,)
     self_pairs = torch.eye(b, dtype=torch.bool, device=q.device)  # (B, B)
+    if same_tower_exclude is not None:
+        self_pairs = self_pairs | same_tower_exclude
 
     def direction(anchor: Tensor, cross: Tensor, same: Tensor, target: Tensor, drop: Tensor | None) -> Tensor:
         logits = _drop(anchor @ cross.T / temperature, drop, target)  # (B, C)
@@ -82,6 +88,18 @@ def same_tower_info_nce(
     drop_pq = None if exclude is None else exclude[:, targets].T  # (B, B): query j judged relevant to p_i
     reverse = direction(p, q, p, torch.arange(b, device=q.device), drop_pq)
     return (loss + reverse) / 2
+
+
+def shared_positive_pairs(exclude: Tensor, group_size: int) -> Tensor:
+    """(B, B) bool: queries i != j of which one's batch positive is excluded from the other's negatives.
+
+    With `exclude_from_negatives: positives` that is "q_j's positive is also a positive of q_i, or the reverse":
+    the pairs of queries that share a positive, as far as the batch shows (a shared positive that neither query
+    drew is not seen). `exclude` is `TrainBatch.excluded` (B, B * G).
+    """
+    b = exclude.shape[0]
+    of_positives = exclude[:, positive_columns(b, group_size, exclude.device)]  # (B, B): [i, j] = p_j excluded for q_i
+    return (of_positives | of_positives.T) & ~torch.eye(b, dtype=torch.bool, device=exclude.device)
 
 
 def two_way_nll(q: Tensor, d: Tensor, group_size: int, temperature: float = 1.0) -> Tensor:
