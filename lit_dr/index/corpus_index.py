@@ -68,8 +68,8 @@ class CorpusIndex:
             is known only once the fit runs).
         rows: the store rows embedded, in order (None: every row). Search returns store rows.
         dtype: how embeddings are stored (float16 halves the files; search is float32 whatever it is).
-        procs / encoding: this process's place in the job and how it encodes (settable later: the data module
-            fills them from its trainer).
+        procs: this process's place in the job (settable later: the data module fills it from its trainer).
+        encoding: how it encodes (settable later, as `procs`).
     """
 
     def __init__(self, store: TokenStore | None, root: str | Path | Callable[[], Path] | None = None,

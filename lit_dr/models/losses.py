@@ -158,7 +158,8 @@ def alignment(x: Tensor, y: Tensor) -> Tensor:
     The measure is defined on the unit sphere, so both inputs are L2-normalised here first.
 
     Args:
-        x, y: (N, H), row i of x is paired with row i of y (a query and a document relevant to it).
+        x: (N, H), row i of x is paired with row i of y (a query and a document relevant to it).
+        y: (N, H).
     Reference: Wang & Isola, ICML 2020 (arXiv 2005.10242), alpha = 2. Lower is better aligned.
     """
     x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)

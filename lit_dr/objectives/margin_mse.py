@@ -20,8 +20,7 @@ class MarginMSE(BiEncoderModule):
     Student and teacher scores must be on one scale (the paper: raw dot products): a cosine teacher wants a
     cosine student (`Encoder(normalize=True)`), as here.
 
-    Args:
-        **kwargs: the towers, optimizer and evaluation options of `BiEncoderModule`.
+    Its arguments are `BiEncoderModule`'s (the towers, optimizer and evaluation options): the loss has none.
     """
 
     def compute_loss(self, q: Tensor, d: Tensor, batch: TrainBatch) -> Tensor:

@@ -2,7 +2,8 @@
 mine) and learning-rate schedules."""
 
 from lit_dr.training.datamodule import RetrievalDataModule
+from lit_dr.training.last_checkpoint import LastCheckpoint
 from lit_dr.training.refresh import NegativeRefresh
 from lit_dr.training.schedulers import LinearWarmup
 
-__all__ = ["LinearWarmup", "NegativeRefresh", "RetrievalDataModule"]
+__all__ = ["LastCheckpoint", "LinearWarmup", "NegativeRefresh", "RetrievalDataModule"]

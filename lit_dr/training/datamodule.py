@@ -42,7 +42,8 @@ class RetrievalDataModule(L.LightningDataModule):
     Args:
         dataset: a directory, or a name resolved under `data_root` / `$LIT_DR_DATA`, the cache, or BEIR's zip.
         tokenizer: tokenizer path or hub id; the CLI fills it from the model's encoder.
-        query_max_length / doc_max_length: tokens kept per side (longer texts are truncated).
+        query_max_length: tokens kept per query (longer texts are truncated).
+        doc_max_length: tokens kept per document (longer texts are truncated).
         num_negatives: hard negatives per query per batch (0: in-batch negatives only).
         num_negative_queries: negative queries per positive document per batch (DANCE's dual loss; 0: none), drawn
             from the table's mined queries (`NegativeRefresh(mine_queries=True)`); where a document has fewer, or
@@ -62,8 +63,9 @@ class RetrievalDataModule(L.LightningDataModule):
             (grade > 0; ANCE's released code) or "judged" (every document judged for the query, grade 0
             included, so a judged non-relevant document is never a negative). DANCE's negative queries follow
             it too (`excluded_queries`).
-        dev_fraction / seed: when the data set has no `qrels/dev.tsv`, this share of training queries (chosen by
-            `split_dev`, identical on every machine) becomes the dev split and leaves training.
+        dev_fraction: when the data set has no `qrels/dev.tsv`, this share of training queries (chosen by
+            `split_dev` with `seed`, identical on every machine) becomes the dev split and leaves training.
+        seed: carves the dev split (and seeds the draws unless `sampling_seed` is set).
         sampling_seed: seeds the batch order and the draws of positives and negatives; None (default): `seed`.
             Set it to repeat a fit with other batches on the same dev split (`seed` also carves the split).
         duplicate_ids: what a repeated corpus or query id does: raise, or keep the first with a counted warning.

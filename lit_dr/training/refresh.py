@@ -45,7 +45,8 @@ class NegativeRefresh(L.Callback):
     Args:
         every_n_steps: optimizer steps between refreshes (ANCE: 10k; a checkpoint per refresh is not needed).
         before_first_step: mine once before training starts (ANCE starts from its warm start's negatives).
-        depth / num_negatives: ANCE: top 200, 20 drawn.
+        depth: documents retrieved per training query (ANCE: top 200).
+        num_negatives: negatives kept per query from them (ANCE: 20 drawn).
         miner: how the negatives are drawn from the ranking (`lit_dr.mining.miners`); None: `UniformMiner()`,
             ANCE's uniform draw from rank 0. `PositiveAwareMiner` drops candidates scoring too close to the positive.
         skip: deprecated, `UniformMiner(skip=...)`; only for configs saved before `miner` existed.
