@@ -37,7 +37,9 @@ def test_every_stage_parses(path, monkeypatch, capsys):
         assert done.value.code in (0, None), stage.name
         resolved = yaml.safe_load(capsys.readouterr().out)
         assert resolved["trainer"]["default_root_dir"] == str(pipeline.root_dir / stage.name)
-        assert resolved["trainer"]["accelerator"] == path.stem  # the device's fragments were stacked
+        # the device's fragments were stacked: configs/gpu/ ones select the GPU, the objective configs the CPU
+        gpu = any(config.startswith("configs/gpu/") for config in stage.configs)
+        assert resolved["trainer"]["accelerator"] == ("gpu" if gpu else "cpu")
         assert resolved["model"]["init_args"]["init_checkpoint"] == warm
 
 
