@@ -182,14 +182,14 @@ def known_keys(parser) -> list[str]:
     ("model.init_args.temperature"): the candidates of a "did you mean"."""
     import inspect
 
-    import lit_dr
+    import lit_dr.objectives as objectives
 
     keys: set[str] = set()
     for p in parsers_of(parser):
         for action in p._actions:
             keys.update(o.lstrip("-") for o in action.option_strings if o.startswith("--"))
-    for name in lit_dr.__all__:
-        cls = getattr(lit_dr, name)
+    for name in objectives.__all__:
+        cls = getattr(objectives, name)
         if inspect.isclass(cls) and issubclass(cls, BiEncoderModule):
             for klass in cls.__mro__:
                 if "__init__" in vars(klass) and issubclass(klass, BiEncoderModule):
