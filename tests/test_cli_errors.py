@@ -241,3 +241,17 @@ def test_python_api_fits_like_the_cli(tiny_fit, tmp_path):
     assert Path(result.last_model_path) == result.run_dir / "checkpoints" / "last.ckpt"
     assert json.loads((result.run_dir / "fit.json").read_text())["best_model_path"] == result.best_model_path
     assert "val/ndcg@10" in result.metrics
+
+
+@pytest.mark.parametrize("name", ["ANCE", "DANCE", "BM25Negatives", "LTRe", "MarginMSE", "SamToNe", "Encoder",
+                                  "LinearWarmup", "NegativeRefresh", "RetrievalDataModule", "ExportBest"])
+def test_every_option_of_a_configurable_class_has_a_description(name):
+    """jsonargparse reads each option's help from the class's "Args:" (one entry per parameter, by its name)."""
+    from jsonargparse import ArgumentParser
+
+    import lit_dr
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(getattr(lit_dr, name), "x", skip={"optimizer"} if name == "LinearWarmup" else None)
+    bare = [a.dest for a in parser._actions if a.dest.startswith("x.") and not (a.help or "").strip()]
+    assert not bare, bare

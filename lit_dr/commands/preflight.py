@@ -91,8 +91,8 @@ def check_accelerator(trainer: Namespace | None) -> None:
             raise SetupError("--trainer.accelerator=mps: MPS is not available here; pass --trainer.accelerator=cpu")
 
 
-def check_run(config: Namespace) -> None:
-    """All checks of one subcommand's parsed config; the first failure raises."""
+def check_run(config: Namespace, data: bool = True) -> None:
+    """All checks of one subcommand's parsed config (the data set's with `data`); the first failure raises."""
     check_accelerator(config.get("trainer"))
     ckpt = config.get("ckpt_path")
     if ckpt is not None and str(ckpt) not in SPECIAL_CKPT_PATHS:
@@ -100,4 +100,5 @@ def check_run(config: Namespace) -> None:
     init_args = _init_args(config.get("model"))
     if init_args is not None:
         check_file(init_args.get("init_checkpoint"), "--model.init_args.init_checkpoint", "warm-start checkpoint")
-    check_dataset(config.get("data"))
+    if data:
+        check_dataset(config.get("data"))

@@ -103,7 +103,9 @@ class LitDrCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        check_run(config)  # data set, checkpoints, accelerator: before anything is built or written
+        # Data set, checkpoints, accelerator: before anything is built or written. A CLI built without running a
+        # subcommand (`run=False`, as tests and sweeps build one) reads no data, so its data set is not asked for.
+        check_run(config, data=self.subcommand is not None)
         place_run(config.trainer)
         init_args = config.model.get("init_args") if isinstance(config.get("model"), Namespace) else None
         for key, value in getattr(self, "_run_options", {}).items():
