@@ -11,7 +11,7 @@
         args: []                # optional: added to this stage's fit
 
 Each stage is a `python -m lit_dr fit` process, so DDP launches as from a plain `lit-dr fit`; its run writes
-`fit.json` (`lit_dr.commands.cli`). A stage with a fit.json is done and is skipped when the pipeline runs again: a pipeline
+`fit.json` (`lit_dr.commands.trainer_cli`). A stage with a fit.json is done and is skipped when the pipeline runs again: a pipeline
 stopped in stage 3 goes on with stage 3, which restarts from scratch. A done stage is not run again when its
 configs or warm start change: delete its directory for that. Paths are relative to the current directory, as with
 `lit-dr fit`.
@@ -126,7 +126,7 @@ def fit_command(pipeline: Pipeline, stage: Stage, init_checkpoint: str | None, e
 
 
 def read_outcome(directory: Path) -> dict | None:
-    """The newest fit.json under a stage's directory (written by `lit_dr.commands.cli` after a fit), or None."""
+    """The newest fit.json under a stage's directory (written by `lit_dr.commands.trainer_cli` after a fit), or None."""
     found = sorted(directory.glob("**/fit.json"), key=lambda p: p.stat().st_mtime)
     return json.loads(found[-1].read_text()) if found else None
 
