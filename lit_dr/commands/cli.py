@@ -1,193 +1,105 @@
-"""`lit-dr fit|validate|test|predict --config configs/<objective>.yaml`: a LightningCLI."""
+"""`lit-dr <command>`: the console entry point.
+
+`fit|validate|test|predict` are a LightningCLI (`lit_dr.commands.trainer_cli`); `export|index|search|pipeline` are
+parsed by `lit_dr.commands.standalone`. This module imports neither torch nor Lightning: a command's own module
+does, when it runs, so `lit-dr --help` and `lit-dr export --help` answer at once, and a repeated
+`lit-dr fit --help` comes from a cache (`help_cache`; the first one waits for Lightning's import).
+
+A mistake a person can act on (a file that is not there or is in the way, a bad value, a config typo, a GPU
+config on a machine without one) ends the command with one line, `lit-dr <command>: error: <message>`, and exit
+status 2; `LIT_DR_TRACEBACK=1` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import sys
-import warnings
-from pathlib import Path
 
-from jsonargparse import Namespace
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-
+from lit_dr.commands.errors import user_error_message
+from lit_dr.commands.help_cache import cached_help, model_help_args, wants_help
 from lit_dr.commands.standalone import COMMANDS, run_command
-from lit_dr.files import atomic_file, run_directory
-from lit_dr.objectives.base import BiEncoderModule
-from lit_dr.training.datamodule import RetrievalDataModule
 
-
-class SaveRunConfig(SaveConfigCallback):
-    """Writes the fully resolved config into the run's own directory and gives it to every logger (W&B shows it)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
-
-    def save_config(self, trainer, pl_module, stage: str) -> None:
-        if not trainer.is_global_zero:
-            return
-        with atomic_file(run_directory(trainer) / self.config_filename) as f:
-            f.write(self.parser.dump(self.config, skip_none=False))
-        for logger in trainer.loggers:
-            logger.log_hyperparams({"config": self.config.as_dict()})
-
-
-DEFAULT_ROOT_DIR = "runs"
-# Seed, logging cadence and the best/last checkpoints every run starts from (jsonargparse's default config file).
-DEFAULTS = Path(__file__).with_name("defaults.yaml")
-# The checkpoints have keys of their own rather than places in `trainer.callbacks`: jsonargparse merges a list
-# given later item by item into an earlier one of the same length (a config's [ModelCheckpoint, X] would inherit the
-# default's monitor), and a config's list would replace them.
-CHECKPOINT_KEYS = ("best_checkpoint", "last_checkpoint")
-# Model options that do not change the weights: the command line and config win over a checkpoint's saved values.
-RUN_OPTIONS = ("run_dir", "eval_depth", "index_factory", "search_params")
-
-
-def default_logger() -> dict:
-    """W&B, offline unless an API key is configured, so a run never waits on the network. Its `save_dir` is the
-    trainer's `default_root_dir` (`place_run`)."""
-    online = bool(os.environ.get("WANDB_API_KEY")) or os.environ.get("WANDB_MODE") == "online"
-    return {
-        "class_path": "lightning.pytorch.loggers.WandbLogger",
-        "init_args": {"project": "lit-dr", "offline": not online},
-    }
-
-
-def place_run(trainer: Namespace) -> None:
-    """`--trainer.default_root_dir` places the run, as Lightning users expect: every logger whose `save_dir` was
-    not given (absent, or W&B's default ".") writes under it, and checkpoints follow the logger. A `save_dir` given
-    in a config or on the command line wins."""
-    root = trainer.get("default_root_dir") or DEFAULT_ROOT_DIR
-    loggers = trainer.get("logger")
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        if isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
-            if logger.init_args.get("save_dir") in (None, "", "."):
-                logger.init_args.save_dir = root
-            # W&B warns "git root <save_dir> does not exist" when the folder is not there yet.
-            Path(logger.init_args.get("save_dir") or root).mkdir(parents=True, exist_ok=True)
-
-
-class LitDrCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        # Called for every parser that holds the trainer (each subcommand's, or the one parser under run=False), so
-        # the defaults apply however the CLI is built. Not the main parser of subcommands: it has no `trainer`.
-        for key in CHECKPOINT_KEYS:  # Lightning adds these to the trainer's callbacks; null drops one
-            parser.add_lightning_class_args(ModelCheckpoint, key, subclass_mode=True, required=False)
-        parser.default_config_files = [str(DEFAULTS)]
-        # The data module tokenizes with the model's own tokenizer.
-        parser.link_arguments("model.init_args.encoder.init_args.model_name_or_path", "data.tokenizer")
-
-    def parse_arguments(self, parser, args) -> None:
-        super().parse_arguments(parser, args)
-        # Lightning next overlays a `--ckpt_path` checkpoint's saved hyperparameters on this config; options that do
-        # not change the weights are this command's business, so their values are kept here and restored after.
-        subcommand = self.config.get("subcommand")
-        model = (self.config[subcommand] if subcommand else self.config).get("model")
-        init_args = model.get("init_args") if isinstance(model, Namespace) else None
-        self._run_options = {k: init_args.get(k) for k in RUN_OPTIONS if k in init_args} if init_args else {}
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        place_run(config.trainer)
-        init_args = config.model.get("init_args") if isinstance(config.get("model"), Namespace) else None
-        for key, value in getattr(self, "_run_options", {}).items():
-            if init_args is not None and key in init_args:
-                init_args[key] = value
-        if "weights_only" in config and config.weights_only is None:
-            # `--ckpt_path` loads tensors and plain containers only: a checkpoint never runs code (lit_dr's own
-            # checkpoints hold nothing else). `--weights_only=false` for a trusted checkpoint that needs more.
-            config.weights_only = True
-
-    def instantiate_trainer(self, **kwargs) -> Trainer:
-        """LightningCLI's, less the checkpoint keys set to null (`--best_checkpoint=null`): they are dropped."""
-        keys = self._parser(self.subcommand).callback_keys
-        extra = [c for c in (self._get(self.config_init, k) for k in keys) if c is not None]
-        return self._instantiate_trainer({**self._get(self.config_init, "trainer", default={}), **kwargs}, extra)
-
-    def after_fit(self) -> None:
-        if not self.trainer.is_global_zero:
-            return
-        outcome = fit_outcome(self.trainer)
-        # The machine-readable end of a fit: `lit-dr pipeline` warm-starts the next stage from its best checkpoint.
-        with atomic_file(run_directory(self.trainer) / "fit.json") as f:
-            json.dump(outcome, f, indent=2)
-        if outcome["metrics"]:
-            print("\nDev metrics after fit (" + f"step {self.trainer.global_step}):")
-            for k, v in sorted(outcome["metrics"].items()):
-                print(f"  {k:<16} {v:.4f}")
-            if outcome["best_model_path"] and outcome["best_model_score"] is not None:
-                print(f"  best checkpoint  {outcome['best_model_path']} "
-                      f"({outcome['monitor']} = {outcome['best_model_score']:.4f})")
-
-
-def fit_outcome(trainer: Trainer) -> dict:
-    """Best and last checkpoints (absolute paths, None when not written) and the last dev metrics of a fit. The best
-    comes from the ModelCheckpoint that monitors a metric, the last from the one that saves last.ckpt."""
-    callbacks = trainer.checkpoint_callbacks
-    best = next((c for c in callbacks if c.monitor is not None), trainer.checkpoint_callback)  # None: no checkpoints
-    last = next((c for c in callbacks if c.save_last and c.last_model_path), best)
-    score = getattr(best, "best_model_score", None)
-
-    def absolute(path: str | None) -> str | None:
-        return os.path.abspath(path) if path else None  # not resolve(): last.ckpt may be a link, kept as named
-
-    return {
-        "best_model_path": absolute(getattr(best, "best_model_path", None)),
-        "best_model_score": None if score is None else float(score),
-        "monitor": getattr(best, "monitor", None),
-        "last_model_path": absolute(getattr(last, "last_model_path", None)),
-        "global_step": trainer.global_step,
-        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
-    }
-
-
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+TRACEBACK_VARIABLE = "LIT_DR_TRACEBACK"
 DESCRIPTION = ("lit-dr: train and evaluate dense retrievers (fit, validate, test, predict), driven by YAML. "
                "Using a trained model: lit-dr export | index | search; stages in one command: lit-dr pipeline "
-               "(each with --help).")
+               "(each with --help). A mistake ends with one line and exit status 2; "
+               f"{TRACEBACK_VARIABLE}=1 shows its traceback.")
+TOP_HELP = f"""usage: lit-dr [-h] {{{",".join(TRAINER_COMMANDS + COMMANDS)}}} ...
+
+{DESCRIPTION}
+
+commands:
+  fit        train a model (--config configs/<objective>.yaml)
+  validate   score a checkpoint on the dev split (--ckpt_path)
+  test       score a checkpoint on the test split (--ckpt_path)
+  predict    write a TREC run for a checkpoint (--ckpt_path)
+  export     write a sentence-transformers / Hugging Face directory with a model card
+  index      encode a corpus into embedding files and a FAISS index
+  search     search an index for queries and write a TREC run
+  pipeline   run fits in stages, each warm-started from an earlier stage's best checkpoint
+
+options:
+  -h, --help  show this help message and exit
+
+`lit-dr <command> --help` lists a command's options; `lit-dr fit --model lit_dr.ANCE --help` an objective's.
+"""
+
+# The Lightning side, for `from lit_dr.commands.cli import run` and friends: imported when first asked for.
+_TRAINER_NAMES = ("LitDrCLI", "SaveRunConfig", "run", "fit_outcome", "place_run", "default_logger",
+                  "quiet_console", "DEFAULT_ROOT_DIR", "DEFAULTS", "CHECKPOINT_KEYS", "RUN_OPTIONS")
 
 
-class _DropTips(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+def __getattr__(name: str):
+    if name in _TRAINER_NAMES:
+        from lit_dr.commands import trainer_cli
+
+        return getattr(trainer_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def quiet_console() -> None:
-    """Keep the console to what a run says: Lightning's advertising tips and a deprecation warning Lightning raises
-    itself under torch >= 2.10 (nothing a user can act on) are dropped. Called when the CLI runs, not at import."""
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
-        rank_zero.addFilter(_DropTips())
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+def command_of(argv: list[str]) -> str | None:
+    return argv[0] if argv and argv[0] in TRAINER_COMMANDS + COMMANDS else None
 
 
-def run(args: list[str] | None = None) -> LitDrCLI:
-    """Run the CLI and return it (its trainer, model and data module), for use from Python."""
-    quiet_console()
-    return LitDrCLI(
-        BiEncoderModule,
-        RetrievalDataModule,
-        subclass_mode_model=True,
-        save_config_callback=SaveRunConfig,
-        trainer_defaults={"logger": default_logger(), "num_sanity_val_steps": 0, "default_root_dir": DEFAULT_ROOT_DIR},
-        args=args,
-        auto_configure_optimizers=False,
-        parser_kwargs={"description": DESCRIPTION, "prog": "lit-dr"},
-    )
+def dispatch(argv: list[str]) -> None:
+    command = command_of(argv)
+    if command is None:
+        if argv and argv[0] not in ("-h", "--help"):
+            choices = ", ".join(TRAINER_COMMANDS + COMMANDS)
+            raise UsageError(f"{'no command given' if not argv else f'unknown command {argv[0]!r}'}; "
+                             f"choose one of {choices} (lit-dr --help)")
+        print(TOP_HELP, end="")
+        return
+    if command in COMMANDS:
+        run_command(argv)
+        return
+    if wants_help(argv):
+        argv = model_help_args(argv)  # `--model lit_dr.ANCE --help`: that objective's options
+        text = cached_help(argv)
+        if text is not None:
+            print(text, end="")
+            return
+    from lit_dr.commands.trainer_cli import run
+
+    run(argv)
+
+
+class UsageError(Exception):
+    """The command line itself is wrong (no command, an unknown one)."""
 
 
 def main(args: list[str] | None = None) -> None:
-    """The `lit-dr` console script (returns None: a returned object would become the exit status).
-
-    `export`, `index` and `search` are not trainer subcommands: `lit_dr.commands.standalone` parses and runs them.
-    """
-    argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] in COMMANDS:
-        run_command(argv)
-        return
-    run(args)
+    """The `lit-dr` console script (returns None: a returned object would become the exit status)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    try:
+        dispatch(argv)
+    except Exception as error:
+        message = str(error) if isinstance(error, UsageError) else user_error_message(error)
+        if message is None or os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+            raise
+        print(f"lit-dr{' ' + command_of(argv) if command_of(argv) else ''}: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

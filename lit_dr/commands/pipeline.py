@@ -11,7 +11,7 @@
         args: []                # optional: added to this stage's fit
 
 Each stage is a `python -m lit_dr fit` process, so DDP launches as from a plain `lit-dr fit`; its run writes
-`fit.json` (`lit_dr.commands.cli`). A stage with a fit.json is done and is skipped when the pipeline runs again: a pipeline
+`fit.json` (`lit_dr.commands.trainer_cli`). A stage with a fit.json is done and is skipped when the pipeline runs again: a pipeline
 stopped in stage 3 goes on with stage 3, which restarts from scratch. A done stage is not run again when its
 configs or warm start change: delete its directory for that. Paths are relative to the current directory, as with
 `lit-dr fit`.
@@ -126,7 +126,7 @@ def fit_command(pipeline: Pipeline, stage: Stage, init_checkpoint: str | None, e
 
 
 def read_outcome(directory: Path) -> dict | None:
-    """The newest fit.json under a stage's directory (written by `lit_dr.commands.cli` after a fit), or None."""
+    """The newest fit.json under a stage's directory (written by `lit_dr.commands.trainer_cli` after a fit), or None."""
     found = sorted(directory.glob("**/fit.json"), key=lambda p: p.stat().st_mtime)
     return json.loads(found[-1].read_text()) if found else None
 
@@ -203,3 +203,80 @@ def run_pipeline(path: str | Path, extra: list[str] | tuple[str, ...] = (), dry_
     if not dry_run:
         print("\n" + summary(pipeline, outcomes))
     return outcomes
+
+
+# -- the command line ----------------------------------------------------------------------------------
+PIPELINE_USAGE = "lit-dr pipeline [-h] [--dry_run] [--print_config] PIPELINE_YAML | --config PIPELINE_YAML [--key=value ...]"
+PIPELINE_HELP = f"""usage: {PIPELINE_USAGE}
+
+Run the stages of PIPELINE_YAML (e.g. configs/pipelines/gpu.yaml) as `lit-dr fit` processes in order; stages
+with a fit.json are skipped. Options --key=value after it are added to every stage's fit.
+
+options:
+  -h, --help            show this help message and exit
+  PIPELINE_YAML, --config PIPELINE_YAML
+                        the pipeline (root_dir, args, stages); its paths are relative to the current directory.
+                        The first of the two names the pipeline: a later --config FILE goes to every stage's fit,
+                        as every other fit option does
+  --dry_run             print each stage's command and run nothing
+  --print_config        print the pipeline that would run (the command line's fit options in its `args`), as
+                        a YAML that --config takes back, and run nothing
+"""
+
+
+def parse_command_line(argv: list[str]) -> tuple[str, list[str], bool, bool]:
+    """(pipeline file, fit options for every stage, dry run, print config) of `lit-dr pipeline ARGV`. Hand-parsed:
+    everything that is not the pipeline's own goes to the fits, as written."""
+    path, extra, dry_run, print_config = None, [], False, False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            print(PIPELINE_HELP, end="")
+            raise SystemExit(0)
+        if arg == "--dry_run":
+            dry_run = True
+        elif arg == "--print_config":
+            print_config = True
+        elif path is None and (arg == "--config" or arg.startswith("--config=")):
+            if arg == "--config":
+                if i + 1 == len(argv):
+                    raise ValueError("--config: expected a pipeline YAML after it")
+                i += 1
+                path = argv[i]
+            else:
+                path = arg.split("=", 1)[1]
+        elif path is None and not arg.startswith("-"):
+            path = arg
+        else:
+            extra.append(arg)
+        i += 1
+    if path is None:
+        raise ValueError(f"no pipeline given; usage: {PIPELINE_USAGE}")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such pipeline file")
+    return path, extra, dry_run, print_config
+
+
+def pipeline_yaml(pipeline: Pipeline, extra: tuple[str, ...] = ()) -> str:
+    """The pipeline as a YAML `load_pipeline` reads back: the command line's fit options joined to its `args`."""
+    stages = []
+    for stage in pipeline.stages:
+        entry: dict = {"name": stage.name, "configs": list(stage.configs)}
+        if stage.warm_start:
+            entry["warm_start"] = stage.warm_start
+        if stage.args:
+            entry["args"] = list(stage.args)
+        stages.append(entry)
+    raw = {"root_dir": str(pipeline.root_dir), "args": [*pipeline.args, *extra], "stages": stages}
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+def pipeline_command(argv: list[str]) -> None:
+    """`lit-dr pipeline ...`: mistakes in the YAML and failed stages are errors `lit_dr.commands.cli` tells in a line."""
+    path, extra, dry_run, print_config = parse_command_line(argv)
+    if print_config:
+        pipeline = load_pipeline(path)
+        print(pipeline_yaml(pipeline, _strings(list(extra), "the command line")), end="")
+        return
+    run_pipeline(path, extra, dry_run=dry_run)

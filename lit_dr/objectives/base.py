@@ -29,17 +29,19 @@ class BiEncoderModule(Checkpointed, Evaluation):
     and searches it; they report nDCG@10, MRR@10, Recall@100 and Recall@1000 and write a TREC run file.
 
     Args:
-        encoder: the query tower (the document tower too when `doc_encoder` is None): any `nn.Module`
-            with `dim` and `forward(input_ids, attention_mask) -> (N, dim)`, or an explicit spec
-            {"class_path", "init_args"}. A checkpoint rebuilds it from the CLI's config, the spec, or the tower's
-            own `save_hyperparameters` (as `lit_dr.Encoder`).
-        doc_encoder: a separate document tower (as `encoder`); None: the towers are shared.
-        optimizer: an injected factory (`OptimizerCallable`). No default optimizer: the learning rate is the fit's
-            first choice.
-        scheduler: an injected factory (`LRSchedulerCallable`); it steps every optimizer step.
-        index_factory: FAISS factory string of evaluation ("Flat" is exact).
-        search_params: for an index other than Flat, its search parameters ({nprobe: 64}, {efSearch: 128};
-            FAISS's default nprobe is 1), recorded in `evaluations.jsonl`. Where search runs follows the model's device (`lit_dr.index.search.search_backend`).
+        encoder: the query tower (the document tower too when `doc_encoder` is None): any `nn.Module` with `dim`
+            and `forward(input_ids, attention_mask) -> (N, dim)`, or an explicit spec {"class_path", "init_args"}.
+            A checkpoint rebuilds it from the CLI's config, the spec, or the tower's own `save_hyperparameters`
+            (as `lit_dr.Encoder`).
+        doc_encoder: a separate document tower, as `encoder`; None: one tower embeds both.
+        optimizer: an injected factory (`OptimizerCallable`), e.g. `torch.optim.AdamW` with `init_args.lr`. No
+            default: the learning rate is the fit's first choice.
+        scheduler: an injected factory (`LRSchedulerCallable`, e.g. `lit_dr.LinearWarmup`), stepped every
+            optimizer step; None: a constant learning rate.
+        index_factory: FAISS factory string of evaluation ("Flat" is exact); recorded in `evaluations.jsonl`.
+            Where search runs follows the model's device (`lit_dr.index.search.search_backend`).
+        search_params: for a non-exact `index_factory`, its search parameters ({nprobe: 64}, {efSearch: 128};
+            FAISS's default nprobe is 1).
         eval_depth: documents retrieved per query (the run file holds this many).
         run_dir: where TREC run files go; default `runs/` in the run's directory (beside its checkpoints).
         init_checkpoint: a checkpoint whose towers initialise this module, read once (`apply_warm_start`).

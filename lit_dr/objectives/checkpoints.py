@@ -35,6 +35,13 @@ def trained_class(checkpoint_path) -> type | None:
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
     path = checkpoint.get("hyper_parameters", {}).get("_class_path") or checkpoint.get("lit_dr", {}).get("class_path")
     module, _, name = (path or "").rpartition(".")
+    if module.startswith("lit_dr.") and module not in sys.modules:
+        # lit_dr's own code, never a stranger's: an old module path (`lit_dr.modules.bm25neg`) is imported on
+        # first use (`lit_dr._OldPathAlias`), so it may not be there yet.
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return None
     return getattr(sys.modules.get(module), name, None) if module else None
 
 

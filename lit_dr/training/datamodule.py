@@ -41,9 +41,13 @@ class RetrievalDataModule(L.LightningDataModule):
 
     Args:
         dataset: a directory, or a name resolved under `data_root` / `$LIT_DR_DATA`, the cache, or BEIR's zip.
+        data_root: a folder holding data sets by name (default: `$LIT_DR_DATA`).
+        download: fetch a BEIR data set by name into the cache when it is not found locally.
         tokenizer: tokenizer path or hub id; the CLI fills it from the model's encoder.
-        query_max_length: tokens kept per query (longer texts are truncated).
-        doc_max_length: tokens kept per document (longer texts are truncated).
+        query_max_length: tokens kept per query (longer queries are truncated).
+        doc_max_length: tokens kept per document, title and text together (longer ones are truncated).
+        train_batch_size: training queries per batch (per process).
+        eval_batch_size: texts encoded per batch in evaluation, refresh and indexing.
         num_negatives: hard negatives per query per batch (0: in-batch negatives only).
         num_negative_queries: negative queries per positive document per batch (DANCE's dual loss; 0: none), drawn
             from the table's mined queries (`NegativeRefresh(mine_queries=True)`); where a document has fewer, or
@@ -52,6 +56,7 @@ class RetrievalDataModule(L.LightningDataModule):
         negatives: where the initial table comes from: BM25 top `bm25_depth` minus `excluded_docs`,
             a `negatives.tsv` file of the data set, the documents `teacher_scores` scores for the query in
             teacher-score order minus `excluded_docs`, or none (a refresh callback may fill it later).
+        bm25_depth: with negatives "bm25", how many of BM25's top documents per query the table keeps.
         teacher_scores: a file of teacher scores (`lit_dr.data.teacher_scores`: BEIR-style TSV, `qid pid score`
             or a TREC run); a relative path is taken from the data set directory, so it can ship with the data.
             Every `TrainBatch` then carries `doc_features["teacher_score"]` (B * G,) float32, the teacher's score
@@ -64,16 +69,19 @@ class RetrievalDataModule(L.LightningDataModule):
             included, so a judged non-relevant document is never a negative). DANCE's negative queries follow
             it too (`excluded_queries`).
         dev_fraction: when the data set has no `qrels/dev.tsv`, this share of training queries (chosen by
-            `split_dev` with `seed`, identical on every machine) becomes the dev split and leaves training.
-        seed: carves the dev split (and seeds the draws unless `sampling_seed` is set).
+            `split_dev`, identical on every machine) becomes the dev split and leaves training.
+        seed: seeds that choice of dev queries (and, unless `sampling_seed` is given, the batches).
         sampling_seed: seeds the batch order and the draws of positives and negatives; None (default): `seed`.
             Set it to repeat a fit with other batches on the same dev split (`seed` also carves the split).
         duplicate_ids: what a repeated corpus or query id does: raise, or keep the first with a counted warning.
+        cache_dir: where token stores (and downloaded data sets) are kept; default `$LIT_DR_CACHE` or
+            `~/.cache/lit_dr`.
         embedding_dir: where the corpus index keeps its embedding files; default `embeddings/` in the run's directory.
         embedding_dtype: how they are stored (float16 halves the files; search is float32).
         num_workers: loader workers only shuffle query rows; documents and negatives are attached in the main
             process (`on_before_batch_transfer`), as a batch is a slice of a memory map. So 0 is the default,
             and a refreshed negatives table applies from the next batch whatever the number of workers.
+        show_progress: progress bars while tokenizing and encoding.
     """
 
     def __init__(
@@ -129,11 +137,17 @@ class RetrievalDataModule(L.LightningDataModule):
     @property
     def files(self) -> DatasetFiles:
         if self._files is None:
-            root = resolve_dataset(
-                self.hparams.dataset, self.hparams.data_root, self.cache_dir, download=self.hparams.download
-            )
-            self._files = dataset_files(root)
+            self._files = self.locate(self.hparams.dataset, self.hparams.data_root, self.cache_dir,
+                                      download=self.hparams.download)
         return self._files
+
+    @staticmethod
+    def locate(dataset: str, data_root: str | None = None, cache_dir: str | Path | None = None,
+               download: bool = True) -> DatasetFiles:
+        """The files of a data set given as the module's `dataset`, `data_root`, `cache_dir` and `download` are
+        (`resolve_dataset`, then `dataset_files`): what `lit-dr fit` checks before it builds anything."""
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        return dataset_files(resolve_dataset(dataset, data_root, cache, download=download))
 
     def _tokenizer(self):
         from transformers import AutoTokenizer

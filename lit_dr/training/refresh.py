@@ -45,8 +45,8 @@ class NegativeRefresh(L.Callback):
     Args:
         every_n_steps: optimizer steps between refreshes (ANCE: 10k; a checkpoint per refresh is not needed).
         before_first_step: mine once before training starts (ANCE starts from its warm start's negatives).
-        depth: documents retrieved per training query (ANCE: top 200).
-        num_negatives: negatives kept per query from them (ANCE: 20 drawn).
+        depth: documents retrieved per training query, the ranking the negatives are drawn from (ANCE: 200).
+        num_negatives: negatives drawn per query into the table (ANCE: 20).
         miner: how the negatives are drawn from the ranking (`lit_dr.mining.miners`); None: `UniformMiner()`,
             ANCE's uniform draw from rank 0. `PositiveAwareMiner` drops candidates scoring too close to the positive.
         skip: deprecated, `UniformMiner(skip=...)`; only for configs saved before `miner` existed.
@@ -56,7 +56,11 @@ class NegativeRefresh(L.Callback):
             (`faiss_index.fit_nlist`).
         search_params: FAISS search parameters of a non-exact `index_factory` ({nprobe: 64}, {efSearch: 128}),
             for the corpus and the query index alike; recorded in `refreshes.jsonl`.
+        mine_queries: also mine negative queries for each positive document (DANCE's dual loss).
+        query_depth: with `mine_queries`, training queries retrieved per positive document.
+        num_negative_queries: with `mine_queries`, negative queries drawn per positive document.
         table_dir: where tables go; default `negatives/` in the run's directory.
+        seed: seeds the draws (with the generation and the row), so every process draws the same table.
         timeout_s: how long a process waits for the others at the start of a refresh before failing.
     """
 

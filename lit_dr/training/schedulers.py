@@ -22,6 +22,7 @@ class LinearWarmup(LambdaLR):
     """Linear warmup over `warmup_steps`, then constant, or linear decay to 0 (DPR, ANCE).
 
     Args:
+        warmup_steps: optimizer steps over which the learning rate rises linearly to its configured value.
         total_steps: the step at which the decay reaches 0; "fit": the fit's last step
             (`Trainer.estimated_stepping_batches`, so it follows max_epochs, max_steps and limit_train_batches; the
             module calls `set_fit_length`); None: no decay.
