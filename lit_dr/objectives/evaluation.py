@@ -99,6 +99,7 @@ class Evaluation(L.LightningModule):
             path = self.runs_directory() / f"{split}-step{self.weights_step:07d}.trec"
             write_trec_run(path, self.data.query_ids(query_rows), index.store.ids, scores, ranked)
             log.info("wrote run file %s", path)
+            self.last_run_file = path  # the run summary names it
         return query_rows, queries, index, scores, ranked
 
     def evaluate(self, split: str, prefix: str) -> dict[str, float]:
