@@ -74,7 +74,7 @@ def summary_lines(command: str, trainer: L.Trainer, wall_s: float, outcome: dict
     lines = [f"lit-dr {command}: done in {duration(wall_s)}{steps}",
              f"  run directory    {run_directory(trainer)}"]
     shown = metrics_line(metrics, prefix)
-    lines.append(f"  {SPLIT[prefix]} metrics{' ' * (7 - len(SPLIT[prefix]))}"
+    lines.append(f"  {(SPLIT[prefix] + ' metrics').ljust(17)}"
                  + (f"step {step}: {shown}" if shown else "none: nothing was evaluated"))
     if outcome is not None:
         if outcome["best_model_score"] is not None:

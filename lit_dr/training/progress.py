@@ -109,7 +109,7 @@ class LogProgress(ProgressBar):
         total = int(self.clock.total) if math.isfinite(self.clock.total) else "?"
         self.print(f"step {step}/{total}  epoch {trainer.current_epoch + 1}{epochs}  "
                    f"loss {float('nan') if loss is None else float(loss):.4f}  lr {lr:.3g}  "
-                   f"{self.clock.rate(step):.2f} steps/s  elapsed {duration(self.clock.elapsed())}  "
+                   f"{self.clock.rate(step):.3g} steps/s  elapsed {duration(self.clock.elapsed())}  "
                    f"left {duration(self.clock.left(step))}")
 
     def _start_eval(self) -> None:
@@ -189,6 +189,17 @@ def progress_callbacks(trainer_config, configured: list) -> list[L.Callback]:
     return callbacks
 
 
+# Lightning's INFO lines about its own wiring, nothing a user acts on: that the CLI brought its own model summary,
+# and that the training loader is loaded early (to count the fit's steps for the schedule and the progress lines).
+LIGHTNING_CHATTER = ("Trainer already configured with model summary callbacks",
+                     "Loading `train_dataloader` to estimate number of stepping batches")
+
+
+class _DropChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_CHATTER)
+
+
 def console_logging() -> None:
     """Show lit_dr's INFO lines (refreshes, evaluations, encodings with their times) on stderr, as Lightning shows
     its own; a handler of the application's (on the root logger) takes them instead. Also drops the warning
@@ -202,3 +213,6 @@ def console_logging() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropChatter) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropChatter())
