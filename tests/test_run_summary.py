@@ -174,3 +174,17 @@ def test_a_pipeline_checks_every_stage_before_the_first_runs(tmp_path, tiny_beir
     path.write_text(yaml.safe_dump({"root_dir": str(tmp_path / "p"), "stages": stages[:2]}))
     run_pipeline(path, dry_run=True)
     assert "# check: every stage's config resolves" in capsys.readouterr().out
+
+
+def test_long_loops_log_lines_without_a_terminal_and_no_bar_fragments(monkeypatch, caplog, capsys):
+    import lit_dr.data.progress as progress
+
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)  # a line at every update
+    monkeypatch.setattr(progress, "on_terminal", lambda: False)
+    with caplog.at_level("INFO", logger="lit_dr"), progress.progress("encode corpus", 10) as bar:
+        bar.update(4)
+        bar.update(6)
+    lines = [r.getMessage() for r in caplog.records if r.name == "lit_dr.progress"]
+    assert lines[0].startswith("encode corpus: 4/10 (40 %) texts after ") and lines[1].startswith("encode corpus: 10/10")
+    assert lines[-1].startswith("encode corpus: 10 texts in ")
+    assert "\r" not in capsys.readouterr().err  # no tqdm

@@ -18,20 +18,31 @@ def on_terminal() -> bool:
     return bool(getattr(stream, "isatty", None) and stream.isatty())
 
 
+EVERY_S = 60.0  # without a terminal, a long loop says how far it is this often
+
+
 class _Count:
-    def __init__(self, bar) -> None:
-        self.bar, self.n = bar, 0
+    def __init__(self, bar, desc: str = "", total: int | None = None, unit: str = "", log_every: float | None = None
+                 ) -> None:
+        self.bar, self.n, self.desc, self.total, self.unit = bar, 0, desc, total, unit
+        self.start = self.last = time.perf_counter()
+        self.log_every = log_every
 
     def update(self, n: int) -> None:
         self.n += n
         if self.bar is not None:
             self.bar.update(n)
+        elif self.log_every is not None and (now := time.perf_counter()) - self.last >= self.log_every:
+            self.last = now
+            share = f"/{self.total} ({100 * self.n / self.total:.0f} %)" if self.total else ""
+            log.info("%s: %d%s%s after %.0f s", self.desc, self.n, share, self.unit, now - self.start)
 
 
 @contextmanager
 def progress(desc: str, total: int | None = None, unit: str = " texts", show: bool = True) -> Iterator[_Count]:
     """`with progress("encode corpus", n) as bar: ... bar.update(k)`: tqdm (left on screen only while running)
-    on a terminal; otherwise, when `show`, one INFO line at the end: `encode corpus: 5183 texts in 41.2 s`."""
+    on a terminal; otherwise, when `show`, an INFO line every minute (`encode corpus: 2048/5183 (40 %) texts after
+    60 s`) and one at the end: `encode corpus: 5183 texts in 141.2 s`."""
     start = time.perf_counter()
     if show and on_terminal():
         from tqdm.auto import tqdm
@@ -39,7 +50,7 @@ def progress(desc: str, total: int | None = None, unit: str = " texts", show: bo
         with tqdm(total=total, desc=desc, unit=unit, leave=False) as bar:
             yield _Count(bar)
         return
-    count = _Count(None)
+    count = _Count(None, desc, total, unit, EVERY_S if show else None)
     yield count
     if show:
         seconds = time.perf_counter() - start
