@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -90,6 +91,14 @@ def summary_lines(command: str, trainer: L.Trainer, wall_s: float, outcome: dict
     return lines
 
 
+def finish_wandb() -> None:
+    """End the W&B run now that the command is done. Left to W&B's exit hook, its closing lines ("You can sync this
+    run ...") come with raw colour codes in a log file: at interpreter exit click no longer strips them."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 class AnnounceRun(L.Callback):
     """Prints where the run goes as it starts (after the loggers named it: W&B's id exists from then on)."""
 
@@ -120,6 +129,7 @@ class RunReport:
     def _report(self, command: str, outcome: dict | None = None) -> None:
         wall = time.perf_counter() - getattr(self, "_start", time.perf_counter())
         print("\n" + "\n".join(summary_lines(command, self.trainer, wall, outcome)), flush=True)
+        finish_wandb()
 
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:
