@@ -206,9 +206,9 @@ def console_logging() -> None:
     "The dirpath has changed" that Lightning gives on every resume: each run of the CLI has its own directory, so
     a resumed run's checkpoints always go elsewhere, by design."""
     logger = logging.getLogger("lit_dr")
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
-    if not logger.handlers and not logging.getLogger().handlers:
+    if not logger.handlers and not logging.getLogger().handlers:  # else the application's logging decides
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
