@@ -172,7 +172,7 @@ def test_fit_then_load_checkpoint_and_validate(tmp_path, tiny_beir, tiny_model_d
     assert (run_dir / "config.yaml").exists()  # the fully resolved config, beside the checkpoints
     assert "max_epochs: 1" in (run_dir / "config.yaml").read_text()
     assert list((run_dir / "runs").glob("dev-step*.trec"))
-    assert "Dev metrics after fit" in capsys.readouterr().out
+    assert "lit-dr fit: done in" in capsys.readouterr().out
     outcome = json.loads((run_dir / "fit.json").read_text())
     # A config without callbacks still gets the CLI's default checkpoints: the best by dev nDCG@10, and last.ckpt.
     ckpt = Path(outcome["best_model_path"])

@@ -140,8 +140,15 @@ def index_corpus(model: str | Path, corpus: str | Path, out_dir: str | Path, ind
 
 def query_texts(queries: str | Path, split: str | None) -> tuple[Path, dict[str, dict[str, int]] | None]:
     """The queries file and, for a data set directory with `split`, that split's judgments (whose queries are
-    the ones searched)."""
+    the ones searched). A split directory a fit wrote (`<run>/dev`: queries.jsonl + qrels.tsv) is scored as it is;
+    a run directory with `split` uses its `<run>/<split>`. Training queries are scored with a warning."""
+    from lit_dr.data.split_files import QRELS, QUERIES, is_split_dir
+
     path = Path(queries)
+    if path.is_dir() and split is not None and is_split_dir(path / split):
+        path = path / split  # a run directory: the split its fit wrote
+    if is_split_dir(path):
+        return path / QUERIES, read_qrels(path / QRELS)
     if not path.is_dir():
         if split is not None:
             raise ValueError("--split needs a data set directory, not a queries file")
@@ -152,7 +159,13 @@ def query_texts(queries: str | Path, split: str | None) -> tuple[Path, dict[str,
     if split is None:
         return files.queries[0], None
     if split not in files.qrels:
-        raise ValueError(f"{path}: no judgments for split {split!r}; it has {sorted(files.qrels)}")
+        carved = (" A fit's dev split is carved out of the training queries at run time: its run directory holds "
+                  "it (pass <run directory>/dev, or the run directory with --split dev)."
+                  if split == "dev" and "train" in files.qrels else "")
+        raise ValueError(f"{path}: no judgments for split {split!r}; it has {sorted(files.qrels)}.{carved}")
+    if split == "train":
+        log.warning("scoring the training split of %s: these are the queries the model trained on, so its figures "
+                    "are optimistic; score dev (a fit's <run directory>/dev) or test for a fair one", path)
     return files.queries[0], read_qrels(files.qrels[split])
 
 

@@ -170,11 +170,43 @@ def run_fit(command: list[str]) -> int:
     return subprocess.run(command).returncode
 
 
+def check_stages(pipeline: Pipeline, extra: tuple[str, ...] = ()) -> list[str]:
+    """Problems that would stop the pipeline after a stage ran: each stage not yet done resolves its config, and a
+    stage that a later one warm-starts from must keep a best checkpoint (`pipeline_check`)."""
+    from lit_dr.commands.pipeline_check import checkpoint_problems, resolve_fit
+
+    problems = []
+    for stage in pipeline.stages:
+        if read_outcome(stage_dir(pipeline, stage)) is not None:
+            continue  # done: its fit.json is what counts
+        warm = f"<best checkpoint of {stage.warm_start}>" if stage.warm_start else None
+        try:
+            config = resolve_fit(fit_command(pipeline, stage, warm, extra)[4:])
+        except ValueError as e:
+            problems.append(f"stage '{stage.name}': {e}")
+            continue
+        if any(s.warm_start == stage.name for s in pipeline.stages):
+            later = ", ".join(s.name for s in pipeline.stages if s.warm_start == stage.name)
+            problems += [f"stage '{stage.name}' would leave no best checkpoint for {later}: {p}"
+                         for p in checkpoint_problems(config)]
+    return problems
+
+
 def run_pipeline(path: str | Path, extra: list[str] | tuple[str, ...] = (), dry_run: bool = False
                  ) -> dict[str, dict]:
-    """Run (or, `dry_run`, print) the pipeline's stages in order; returns each stage's fit.json contents."""
+    """Run (or, `dry_run`, print) the pipeline's stages in order; returns each stage's fit.json contents. Before the
+    first stage, every stage's config is checked (`check_stages`): a dry run warns, a run stops."""
     pipeline = load_pipeline(path)
     extra = _strings(list(extra), "the command line")  # checked before any stage runs
+    problems = check_stages(pipeline, extra)
+    if problems and not dry_run:
+        raise PipelineError(f"{pipeline.path}: nothing ran, as these would stop the pipeline later:\n  "
+                            + "\n  ".join(problems))
+    for problem in problems:
+        print(f"warning: {problem}", flush=True)
+    if dry_run and not problems:
+        print("# check: every stage's config resolves, and each stage a later one warm-starts from keeps a best "
+              "checkpoint (dev nDCG@10)", flush=True)
     outcomes: dict[str, dict] = {}
     best: dict[str, str] = {}  # warm starts: the best checkpoint of each stage a later stage names
     for stage in pipeline.stages:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import sys
@@ -21,9 +20,12 @@ from lit_dr.commands.cli import DESCRIPTION
 from lit_dr.commands.errors import ConfigError, one_line
 from lit_dr.commands.help_cache import store_help, wants_help
 from lit_dr.commands.preflight import check_run
+from lit_dr.commands.summary import AnnounceRun, RunReport, fit_outcome  # noqa: F401 (fit_outcome: its old home)
 from lit_dr.files import atomic_file, run_directory
 from lit_dr.objectives.base import BiEncoderModule
 from lit_dr.training.datamodule import RetrievalDataModule
+from lit_dr.training.progress import console_logging, progress_callbacks
+from lit_dr.training.run_files import SaveDevSplit
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -57,7 +59,7 @@ def default_logger() -> dict:
     trainer's `default_root_dir` (`place_run`)."""
     online = bool(os.environ.get("WANDB_API_KEY")) or os.environ.get("WANDB_MODE") == "online"
     return {
-        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "class_path": "lit_dr.training.wandb.WandbLogger",  # less a warning (lit_dr.training.wandb)
         "init_args": {"project": "lit-dr", "offline": not online},
     }
 
@@ -76,7 +78,7 @@ def place_run(trainer: Namespace) -> None:
             Path(logger.init_args.get("save_dir") or root).mkdir(parents=True, exist_ok=True)
 
 
-class LitDrCLI(LightningCLI):
+class LitDrCLI(RunReport, LightningCLI):  # RunReport: fit.json and the summary at the end of fit/validate/test
     def add_arguments_to_parser(self, parser) -> None:
         # Called for every parser that holds the trainer (each subcommand's, or the one parser under run=False), so
         # the defaults apply however the CLI is built. Not the main parser of subcommands: it has no `trainer`.
@@ -120,43 +122,10 @@ class LitDrCLI(LightningCLI):
         """LightningCLI's, less the checkpoint keys set to null (`--best_checkpoint=null`): they are dropped."""
         keys = self._parser(self.subcommand).callback_keys
         extra = [c for c in (self._get(self.config_init, k) for k in keys) if c is not None]
-        return self._instantiate_trainer({**self._get(self.config_init, "trainer", default={}), **kwargs}, extra)
-
-    def after_fit(self) -> None:
-        if not self.trainer.is_global_zero:
-            return
-        outcome = fit_outcome(self.trainer)
-        # The machine-readable end of a fit: `lit-dr pipeline` warm-starts the next stage from its best checkpoint.
-        with atomic_file(run_directory(self.trainer) / "fit.json") as f:
-            json.dump(outcome, f, indent=2)
-        if outcome["metrics"]:
-            print("\nDev metrics after fit (" + f"step {self.trainer.global_step}):")
-            for k, v in sorted(outcome["metrics"].items()):
-                print(f"  {k:<16} {v:.4f}")
-            if outcome["best_model_path"] and outcome["best_model_score"] is not None:
-                print(f"  best checkpoint  {outcome['best_model_path']} "
-                      f"({outcome['monitor']} = {outcome['best_model_score']:.4f})")
-
-
-def fit_outcome(trainer: Trainer) -> dict:
-    """Best and last checkpoints (absolute paths, None when not written) and the last dev metrics of a fit. The best
-    comes from the ModelCheckpoint that monitors a metric, the last from the one that saves last.ckpt."""
-    callbacks = trainer.checkpoint_callbacks
-    best = next((c for c in callbacks if c.monitor is not None), trainer.checkpoint_callback)  # None: no checkpoints
-    last = next((c for c in callbacks if c.save_last and c.last_model_path), best)
-    score = getattr(best, "best_model_score", None)
-
-    def absolute(path: str | None) -> str | None:
-        return os.path.abspath(path) if path else None  # not resolve(): last.ckpt may be a link, kept as named
-
-    return {
-        "best_model_path": absolute(getattr(best, "best_model_path", None)),
-        "best_model_score": None if score is None else float(score),
-        "monitor": getattr(best, "monitor", None),
-        "last_model_path": absolute(getattr(last, "last_model_path", None)),
-        "global_step": trainer.global_step,
-        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
-    }
+        trainer = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        # Where the run goes, its dev split, progress in a log (lit_dr.commands.summary, lit_dr.training.*).
+        extra += [AnnounceRun(), SaveDevSplit(), *progress_callbacks(trainer, list(trainer.get("callbacks") or []))]
+        return self._instantiate_trainer(trainer, extra)
 
 
 class _DropTips(logging.Filter):
@@ -203,6 +172,7 @@ def known_keys(parser) -> list[str]:
 def run(args: list[str] | None = None) -> LitDrCLI:
     """Run the CLI and return it (its trainer, model and data module), for use from Python."""
     quiet_console()
+    console_logging()  # lit_dr's progress and phase lines (lit_dr.training.progress)
     argv = sys.argv[1:] if args is None else list(args)
     if wants_help(argv):  # the help text is kept, for the next `--help` (`lit_dr.commands.help_cache`)
         buffer = io.StringIO()

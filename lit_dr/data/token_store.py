@@ -27,6 +27,7 @@ import torch
 
 from lit_dr.data.batches import TokenBatch
 from lit_dr.data.formats import DataFormatError, TextRecord, iter_texts
+from lit_dr.data.progress import progress
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 3  # 2: texts stored beside the tokens; 3: no per-row file and line arrays (nothing read them)
@@ -155,8 +156,6 @@ def _where(path: Path | None, line: int, sources: Sequence[Path]) -> str:
 
 
 def _build(records, sources, tokenizer, max_length, directory, duplicate_ids, show_progress) -> None:
-    from tqdm.auto import tqdm
-
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         row_of: dict[str, int] = {}
@@ -171,8 +170,8 @@ def _build(records, sources, tokenizer, max_length, directory, duplicate_ids, sh
         first_empty: TextRecord | None = None
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         names = ", ".join(p.name for p in sources)
-        with open(tmp / "tokens.bin", "wb") as out, open(tmp / "texts.bin", "wb") as texts_out, tqdm(
-            desc=f"tokenize {names}", unit=" texts", disable=not show_progress
+        with open(tmp / "tokens.bin", "wb") as out, open(tmp / "texts.bin", "wb") as texts_out, progress(
+            f"tokenize {names}", show=show_progress
         ) as bar:
             chunk: list[TextRecord] = []
 

@@ -127,9 +127,11 @@ class CorpusIndex:
             self._delete(previous.directory)
         return embeddings
 
-    def adopt(self, embeddings: EmbeddingShards, version: object | None = None) -> None:
-        """Make embeddings already on disk the current ones (LTRe's `doc_embeddings`, a checkpoint's record)."""
+    def adopt(self, embeddings: EmbeddingShards, version: object | None = None, owned: bool = True) -> None:
+        """Make embeddings already on disk the current ones (LTRe's `doc_embeddings`, a checkpoint's record).
+        owned=False: another run's files (a validate reusing its fit's), never deleted from here."""
         self.embeddings, self.version, self._searchers = embeddings, version, {}
+        self._borrowed = None if owned else embeddings.directory
 
     def forget_version(self) -> None:
         """The next `embed` encodes whatever its version (a fit starts: the weights may come from a checkpoint)."""
@@ -142,7 +144,7 @@ class CorpusIndex:
         self.embeddings, self.version, self._searchers = None, None, {}
 
     def _delete(self, directory: Path) -> None:
-        if self.procs.rank == 0:
+        if self.procs.rank == 0 and directory != getattr(self, "_borrowed", None):
             shutil.rmtree(directory, ignore_errors=True)
 
     def _current(self) -> EmbeddingShards:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from lit_dr.data.batches import TokenBatch
+from lit_dr.data.progress import progress
 from lit_dr.data.token_store import TokenStore
 from lit_dr.index.embeddings import (
     EmbeddingDtype,
@@ -70,11 +71,9 @@ def iter_encoded(
 ) -> Iterator[tuple[np.ndarray, Tensor]]:
     """(positions in `rows`, (n, H) float32 CPU embeddings) for length-sorted batches of `store` rows (sorted
     within consecutive windows of `window` positions when given: see `length_sorted_chunks`)."""
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     autocast = autocast or contextlib.nullcontext
-    with tqdm(total=len(rows), desc=desc, unit=" texts", disable=not show_progress, leave=False) as bar:
+    with progress(desc, len(rows), show=show_progress) as bar:  # a bar on a terminal, else one line with its time
         for positions in length_sorted_chunks(store.lengths[rows], batch_size, window):
             batch = store.batch(rows[positions]).to(device)
             with autocast():  # entered once per batch

@@ -79,6 +79,10 @@ def bm25_search(
     """
     import bm25s
 
+    from lit_dr.data.progress import on_terminal, progress
+
+    # bm25s's own bars only where they redraw in place: in a log file they are fragments of carriage returns.
+    bars = show_progress and on_terminal()
     stem = None
     if stemmer is not None:
         import Stemmer
@@ -94,24 +98,26 @@ def bm25_search(
     if cache_dir is not None:
         path = Path(cache_dir) / bm25_cache_key(corpus_texts, stemmer, stopwords, k1, b)
     if path is not None and path.is_dir():
-        retriever = bm25s.BM25.load(str(path), show_progress=show_progress)
+        retriever = bm25s.BM25.load(str(path), show_progress=bars)
     else:
         tokens = bm25s.tokenize(
-            list(corpus_texts), stopwords=stopwords, stemmer=stem, show_progress=show_progress
+            list(corpus_texts), stopwords=stopwords, stemmer=stem, show_progress=bars
         )
         retriever = bm25s.BM25(k1=k1, b=b)
-        retriever.index(tokens, show_progress=show_progress)
+        retriever.index(tokens, show_progress=bars)
         del tokens
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _save_atomic(retriever, path, show_progress)
+            _save_atomic(retriever, path, bars)
 
     # Query tokens as strings: bm25s maps them through the index vocabulary and drops unknown words.
-    q_tokens = bm25s.tokenize(
-        list(query_texts), stopwords=stopwords, stemmer=stem, return_ids=False, show_progress=show_progress
-    )
-    kk = min(k, n)  # bm25s refuses k > corpus size
-    docs, top = retriever.retrieve(q_tokens, k=kk, show_progress=show_progress)
+    with progress(f"BM25 top {k} over {n} documents", unit=" queries", show=show_progress and not bars) as count:
+        q_tokens = bm25s.tokenize(
+            list(query_texts), stopwords=stopwords, stemmer=stem, return_ids=False, show_progress=bars
+        )
+        kk = min(k, n)  # bm25s refuses k > corpus size
+        docs, top = retriever.retrieve(q_tokens, k=kk, show_progress=bars)
+        count.update(num_queries)
     scores[:, :kk] = top
     rows[:, :kk] = docs
     return scores, rows

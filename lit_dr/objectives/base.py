@@ -16,6 +16,7 @@ from lit_dr.models.large_batch import gather_keep_local, gather_train_batch, gra
 from lit_dr.objectives.checkpoints import Checkpointed, build_tower, save_tower_hparams
 from lit_dr.objectives.data_interface import RetrievalData, retrieval_data
 from lit_dr.objectives.evaluation import Evaluation
+from lit_dr.objectives.final_validation import FinalValidation
 from lit_dr.objectives.random_state import RandomState
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,9 @@ class BiEncoderModule(Checkpointed, Evaluation):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self):
-        # Every fit checkpoints the global generators (dropout's), so that any resume is bit-identical.
-        return [RandomState()]
+        # Every fit checkpoints the global generators (dropout's), so that any resume is bit-identical, and ends
+        # with dev metrics at its last step, whatever the validation interval.
+        return [RandomState(), FinalValidation()]
 
     def on_fit_start(self) -> None:
         # After the trainer restored any `ckpt_path`, before `on_train_start` (where LTRe embeds its fixed index).

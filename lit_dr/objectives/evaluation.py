@@ -18,7 +18,9 @@ from lit_dr.data.batches import EncodeBatch
 from lit_dr.evaluation.metrics import retrieval_metrics, write_trec_run
 from lit_dr.files import run_directory
 from lit_dr.index.corpus_index import CorpusIndex
+from lit_dr.index.embeddings import EmbeddingShards
 from lit_dr.index.search import Processes, gather_rows
+from lit_dr.objectives.reused_embeddings import find_reusable, weights_digest, write_record
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +61,44 @@ class Evaluation(L.LightningModule):
 
     def evaluation_index(self) -> CorpusIndex:
         """The corpus index holding the current document tower's embeddings: embedded once per optimizer step in a
-        fit (a refresh at the same step shares them), on every call otherwise. (LTRe: its fixed index.)"""
+        fit (a refresh at the same step shares them); otherwise those the fit wrote at the checkpoint's step when
+        they match (`reused_embeddings`), else embedded anew. (LTRe: its fixed index.)"""
         fitting = self.trainer.state.fn == TrainerFn.FITTING
+        if not fitting and (reused := self._reused_corpus()) is not None:
+            return reused
         return self._embed_corpus(version=self.global_step if fitting else None)
 
     def _embed_corpus(self, version) -> CorpusIndex:
         index = self.data.corpus_index
         index.embed(self.towers()[1], f"corpus-step{self.global_step:07d}", version)
+        if self.trainer.state.fn == TrainerFn.FITTING and self.global_rank == 0 and index.store is not None:
+            write_record(index.embeddings.directory, self._embedding_source(index))  # for a later validate
+        return index
+
+    def _embedding_source(self, index: CorpusIndex) -> dict:
+        """What decides the corpus embeddings' numbers (`reused_embeddings`)."""
+        return {"weights": weights_digest(self.document_tower), "corpus": index.store.directory.name,
+                "dtype": index.dtype, "batch_size": index.encoding.batch_size,
+                "precision": str(self.trainer.precision), "world_size": self.trainer.world_size,
+                "device": self.device.type}
+
+    def _reused_corpus(self) -> CorpusIndex | None:
+        """The checkpoint's own step's embeddings, adopted (never deleted from here), or None, saying why not."""
+        ckpt, step = self.trainer.ckpt_path, getattr(self, "_checkpoint_step", None)
+        index = self.data.corpus_index
+        if not ckpt or step is None or index.store is None or not Path(ckpt).is_file():
+            return None
+        name = f"corpus-step{int(step):07d}"
+        candidates = [Path(ckpt).resolve().parent.parent / "embeddings" / name, Path(index.root) / name]
+        found, why = find_reusable(list(dict.fromkeys(candidates)), self._embedding_source(index))
+        if self.global_rank == 0:
+            if found is None:
+                log.info("encoding the corpus: the fit's embeddings of step %d are not reusable (%s)", step, why)
+            else:
+                log.info("reusing the corpus embeddings of step %d the fit wrote: %s", step, found)
+        if found is None:
+            return None
+        index.adopt(EmbeddingShards(found), owned=False)
         return index
 
     def _gathered_queries(self) -> tuple[np.ndarray, Tensor]:
@@ -99,6 +132,7 @@ class Evaluation(L.LightningModule):
             path = self.runs_directory() / f"{split}-step{self.weights_step:07d}.trec"
             write_trec_run(path, self.data.query_ids(query_rows), index.store.ids, scores, ranked)
             log.info("wrote run file %s", path)
+            self.last_run_file = path  # the run summary names it
         return query_rows, queries, index, scores, ranked
 
     def evaluate(self, split: str, prefix: str) -> dict[str, float]:

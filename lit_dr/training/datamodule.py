@@ -371,6 +371,22 @@ class RetrievalDataModule(L.LightningDataModule):
                                                                        trainer.strategy.root_device),
                         show_progress=trainer.global_rank == 0 and trainer.progress_bar_callback is not None)
 
+    def write_split(self, split: str, directory: str | Path) -> Path:
+        """`split`'s queries and judgments (grade 0 included) as BEIR files under `directory`
+        (`lit_dr.data.split_files`), with where they came from: a carved dev split can then be scored again."""
+        from lit_dr.data.split_files import write_split
+
+        rows = self.require_split(split)
+        ids = self.query_ids(rows)
+        judged = self.judgments.get(split, {})
+        judgments = {qid: {str(self.corpus.ids[d]): int(g) for d, g in judged.get(int(r), {}).items()}
+                     for qid, r in zip(ids, rows.tolist(), strict=True)}
+        carved = split == "dev" and "dev" not in self.files.qrels
+        about = {"split": split, "queries": len(ids), "dataset": str(self.files.root),
+                 "source": str(self.files.qrels["train" if carved else split]), "carved_from_train": carved,
+                 **({"dev_fraction": self.hparams.dev_fraction, "seed": self.hparams.seed} if carved else {})}
+        return write_split(directory, zip(ids, self.queries.texts(rows.tolist()), strict=True), judgments, about)
+
     def query_ids(self, rows) -> list[str]:
         return [str(self.queries.ids[int(r)]) for r in rows]
 
