@@ -167,3 +167,12 @@ def test_hf_beir_errors_name_file_row_and_field(tmp_path):
     (hf / "queries.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="not a complete BEIR \\(Hugging Face parquet\\) dataset.*queries"):
         dataset_files(hf)
+
+
+def test_lit_dr_index_refuses_a_sharded_corpus_rather_than_reading_its_first_shard(tmp_path):
+    from lit_dr.commands.inference import corpus_file
+
+    hf = to_parquet_layout(write_beir(tmp_path / "beir"), tmp_path / "hf", shards=3)
+    with pytest.raises(ValueError, match="the corpus is 3 parquet files"):
+        corpus_file(hf)
+    assert corpus_file(to_parquet_layout(write_beir(tmp_path / "b2"), tmp_path / "hf1")).name == "corpus.parquet"

@@ -134,8 +134,9 @@ class _Columns:
         query = [c for c in QUERY_COLUMNS if c in row]
         if not query or "positive" not in row:
             missing = "'query' (or 'anchor')" if not query else "'positive'"
+            hint = (" (a BEIR corpus or queries file? pass the data set's directory)" if "_id" in row else "")
             raise DataFormatError(path, 1, query[0] if query else "query",
-                                  f"missing column {missing}; the file has columns {names}")
+                                  f"missing column {missing}; the file has columns {names}{hint}")
         self.query = query[0]
         numbered = sorted((c for c in names if _NEGATIVE.fullmatch(c)), key=lambda c: int(c[9:] or 0))
         self.negatives = numbered
