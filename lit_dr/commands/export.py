@@ -152,8 +152,9 @@ def resolved_config(checkpoint_path: str | Path, facts: dict[str, Any]) -> str:
 
 
 def model_card(module, facts: dict[str, Any], config: str, query_length: int | None, doc_length: int | None,
-               out_dir: Path) -> str:
-    """README.md of an exported model: objective, how to load it, the architecture, data, dev metrics, config."""
+               out_dir: Path, license_: str | None = None) -> str:
+    """README.md of an exported model: the Hub's metadata (`export_hub.card_metadata`), objective, how to load it,
+    the architecture, data, dev metrics, config."""
     cls = type(module)
     doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
     towers = [("query and document", module.encoder)] if module.doc_encoder is None else [
@@ -188,12 +189,9 @@ def model_card(module, facts: dict[str, Any], config: str, query_length: int | N
     rows += [f"| {k} (checkpoint's monitor) | {v:.4f} | step {facts['global_step']} |"
              for k, v in facts["monitored"].items()]
     metrics = "\n".join(["| metric | value | at |", "| --- | --- | --- |", *rows]) if rows else "No evaluation recorded."
-    return f"""---
-library_name: sentence-transformers
-tags: [sentence-transformers, feature-extraction, dense-retrieval, lit_dr]
-pipeline_tag: sentence-similarity
----
+    from lit_dr.commands.export_hub import card_metadata, front_matter
 
+    return f"""{front_matter(card_metadata(module, facts, license_))}
 # {cls.__name__} retriever trained with lit_dr
 
 Objective: `{cls.__module__}.{cls.__qualname__}`: {doc}
@@ -215,7 +213,7 @@ scores = model.similarity(q, d)
 {note}
 
 With transformers alone: `{hf}`, then apply the modules listed in `modules.json` (pooling, projection,
-normalisation).
+normalisation).{onnx_note(out_dir)}
 
 ## Architecture
 
@@ -233,11 +231,24 @@ normalisation).
 """
 
 
-def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+def onnx_note(out_dir: Path) -> str:
+    return f"""
+
+ONNX Runtime (with `export --onnx`; `pip install sentence-transformers[onnx]`):
+`SentenceTransformer("{out_dir}", backend="onnx")`; int8 (with `--quantize`; it cost 0.026 dev nDCG@10 on
+SciFact, measure before use): add `model_kwargs={{"file_name": "model_qint8.onnx"}}`.
+Upload to the Hub: `hf upload REPO_ID {out_dir} .` (or `export --push_to_hub REPO_ID`)."""
+
+
+def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, overwrite: bool = False, onnx: bool = False,
+                      quantize: bool = False, push_to_hub: str | None = None, license: str | None = None) -> Path:
     """Write a sentence-transformers directory for a lit_dr checkpoint, with a model card (README.md).
 
     Query and document max lengths are the training data module's; a checkpoint without them keeps the
     tokenizer's. The directory is written beside `out_dir` and renamed into place, so a failure leaves nothing.
+    `onnx`: also `onnx/model.onnx` for sentence-transformers' `backend="onnx"` (`export_hub.export_onnx`),
+    `quantize`: and its int8 copy `onnx/model_qint8.onnx`; `push_to_hub`: then upload it to that Hub repository;
+    `license`: the card's license (default: the base model's).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -251,8 +262,15 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, overwrit
         model = sentence_transformer(module, query_length, doc_length, work / "towers")
         staged = work / "model"
         model.save(str(staged))
-        card = model_card(module, facts, resolved_config(checkpoint_path, facts), query_length, doc_length, out_dir)
+        card = model_card(module, facts, resolved_config(checkpoint_path, facts), query_length, doc_length, out_dir,
+                          license)
         (staged / "README.md").write_text(card)
+        if onnx or quantize:
+            from lit_dr.commands.export_hub import export_onnx, quantize_onnx
+
+            export_onnx(staged)
+            if quantize:
+                quantize_onnx(staged)
         with open(staged / "lit_dr_export.json", "w") as f:
             json.dump({"checkpoint": str(Path(checkpoint_path).resolve()), "global_step": facts["global_step"],
                        "query_max_length": query_length, "doc_max_length": doc_length}, f, indent=1)
@@ -261,4 +279,8 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, overwrit
         staged.rename(out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if push_to_hub:
+        from lit_dr.commands.export_hub import push_to_hub as upload
+
+        print(f"uploaded {out_dir} to {push_to_hub}: {upload(out_dir, push_to_hub)}")
     return out_dir

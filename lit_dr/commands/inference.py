@@ -98,7 +98,11 @@ def corpus_file(path: str | Path) -> Path:
     """A corpus file: the path itself, or the corpus of a BEIR / MS MARCO data set directory."""
     path = Path(path)
     if path.is_dir():
-        return dataset_files(path).corpus
+        sources = dataset_files(path).corpus_sources
+        if len(sources) > 1:  # a store of one file: index the shards' concatenation, not the first alone
+            raise ValueError(f"{path}: the corpus is {len(sources)} parquet files ({sources[0].name}, ...); "
+                             "join them into one corpus.parquet")
+        return sources[0]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such corpus file or data set directory")
     return path

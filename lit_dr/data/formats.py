@@ -112,23 +112,27 @@ def _iter_beir(path: str | Path) -> Iterator[TextRecord]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataFormatError(path, number, None, f"invalid JSON ({e.msg} at column {e.colno})") from e
-        if not isinstance(obj, dict):
-            raise DataFormatError(path, number, None, f"expected a JSON object, got {type(obj).__name__}")
-        if "_id" not in obj:
-            raise DataFormatError(path, number, "_id", "missing")
-        raw_id = obj["_id"]
-        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-            problem = f"expected a string or integer, got {type(raw_id).__name__}"
-            raise DataFormatError(path, number, "_id", problem)
-        doc_id = check_id(path, number, "_id", str(raw_id))
-        if "text" not in obj:
-            raise DataFormatError(path, number, "text", "missing")
-        title = obj.get("title") or ""  # null: no title
-        for name, value in (("text", obj["text"]), ("title", title)):
-            if not isinstance(value, str):
-                raise DataFormatError(path, number, name, f"expected a string, got {type(value).__name__}")
-            _check_unicode(path, number, name, value)
-        yield TextRecord(doc_id, _join(title, obj["text"]), number, Path(path))
+        yield _beir_record(path, number, obj)
+
+
+def _beir_record(path: str | Path, number: int, obj: object) -> TextRecord:
+    if not isinstance(obj, dict):
+        raise DataFormatError(path, number, None, f"expected a JSON object, got {type(obj).__name__}")
+    if "_id" not in obj:
+        raise DataFormatError(path, number, "_id", "missing")
+    raw_id = obj["_id"]
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+        problem = f"expected a string or integer, got {type(raw_id).__name__}"
+        raise DataFormatError(path, number, "_id", problem)
+    doc_id = check_id(path, number, "_id", str(raw_id))
+    if "text" not in obj:
+        raise DataFormatError(path, number, "text", "missing")
+    title = obj.get("title") or ""  # null: no title
+    for name, value in (("text", obj["text"]), ("title", title)):
+        if not isinstance(value, str):
+            raise DataFormatError(path, number, name, f"expected a string, got {type(value).__name__}")
+        _check_unicode(path, number, name, value)
+    return TextRecord(doc_id, _join(title, obj["text"]), number, Path(path))
 
 
 def _check_unicode(path: str | Path, line: int, name: str, value: str) -> None:
@@ -151,8 +155,33 @@ def _iter_tsv(path: str | Path) -> Iterator[TextRecord]:
         yield TextRecord(doc_id, _join(title, text), number, Path(path))
 
 
+def parquet_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(1-based row, row as a dict) of a parquet file, streamed a batch at a time (pyarrow, imported here)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ImportError(f"{path}: reading parquet files needs pyarrow: pip install 'lit-dr[formats]'") from e
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+    except (pa.ArrowException, OSError) as e:
+        raise DataFormatError(path, None, None, f"not a readable parquet file ({e})") from e
+    row = 0
+    for batch in batches:
+        for obj in batch.to_pylist():
+            row += 1
+            yield row, obj
+
+
+def _iter_beir_parquet(path: str | Path) -> Iterator[TextRecord]:
+    """BEIR's Hugging Face layout: the columns `_id`, `title` (optional) and `text` of corpus/queries parquet."""
+    for number, obj in parquet_rows(path):
+        yield _beir_record(path, number, obj)
+
+
 def iter_texts(path: str | Path) -> Iterator[TextRecord]:
-    """Stream (id, text) records of a corpus or queries file: BEIR `.jsonl` or MS MARCO `.tsv`.
+    """Stream (id, text) records of a corpus or queries file: BEIR `.jsonl` or `.parquet` (its Hugging Face
+    layout; the number in an error is the 1-based row) or MS MARCO `.tsv`.
 
     A title is prepended to the text with a space. Blank lines are skipped; an empty text is yielded
     (the caller decides whether to warn).
@@ -162,7 +191,9 @@ def iter_texts(path: str | Path) -> Iterator[TextRecord]:
         return _iter_beir(path)
     if suffix == ".tsv":
         return _iter_tsv(path)
-    problem = f"unknown text format {suffix!r}: expected .jsonl (BEIR) or .tsv (MS MARCO)"
+    if suffix == ".parquet":
+        return _iter_beir_parquet(path)
+    problem = f"unknown text format {suffix!r}: expected .jsonl or .parquet (BEIR) or .tsv (MS MARCO)"
     raise DataFormatError(path, None, None, problem)
 
 
@@ -240,14 +271,19 @@ def read_negatives(path: str | Path, line_of: dict[str, int] | None = None) -> d
 @dataclass(frozen=True)
 class DatasetFiles:
     root: Path
-    format: Literal["beir", "msmarco"]
-    corpus: Path
-    queries: tuple[Path, ...]  # BEIR: (queries.jsonl,); MS MARCO: every queries.*.tsv, sorted
+    format: Literal["beir", "beir-parquet", "msmarco"]
+    corpus: Path  # the (first) corpus file
+    queries: tuple[Path, ...]  # BEIR: (queries.jsonl,); MS MARCO: every queries.*.tsv, sorted; parquet: the shards
     qrels: dict[str, Path]  # split name -> qrels file
     negatives: Path | None  # a file for `read_negatives`, when the dataset ships one
+    corpus_files: tuple[Path, ...] = ()  # every corpus file, read in order as one (parquet shards); () = (corpus,)
+
+    @property
+    def corpus_sources(self) -> list[Path]:
+        return list(self.corpus_files or (self.corpus,))
 
 
-NEGATIVES_FILE = {"beir": "negatives.tsv", "msmarco": "negatives.train.tsv"}
+NEGATIVES_FILE = {"beir": "negatives.tsv", "beir-parquet": "negatives.tsv", "msmarco": "negatives.train.tsv"}
 
 
 def file_problem(path: Path) -> str | None:
@@ -288,6 +324,8 @@ def dataset_files(root: str | Path) -> DatasetFiles:
     """Find the files of a BEIR or MS MARCO dataset directory.
 
     BEIR: corpus.jsonl, queries.jsonl, qrels/<split>.tsv, optional negatives.tsv.
+    BEIR as Hugging Face mirrors it: corpus.parquet (or corpus/*.parquet), queries.parquet (or queries/*.parquet),
+    qrels/<split>.tsv, optional negatives.tsv.
     MS MARCO: collection.tsv, queries.<split>.tsv, qrels.<split>.tsv, optional negatives.train.tsv.
     A listed name that is a directory or a dangling symlink is reported as such, not as missing.
     """
@@ -295,14 +333,12 @@ def dataset_files(root: str | Path) -> DatasetFiles:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset directory does not exist")
     problems: list[str] = []
+    if _present(root / "corpus.parquet") or (root / "corpus").is_dir():
+        return _parquet_files(root)
     if any(_present(root / n) for n in ("corpus.jsonl", "queries.jsonl", "qrels")):
         layout, expected = "BEIR", "corpus.jsonl, queries.jsonl and qrels/<split>.tsv"
         problems += [p for p in (file_problem(root / "corpus.jsonl"), file_problem(root / "queries.jsonl")) if p]
-        qrels_dir = root / "qrels"
-        listed = sorted(p for p in qrels_dir.glob("*.tsv")) if qrels_dir.is_dir() else []
-        if _present(qrels_dir) and not qrels_dir.is_dir():
-            problems.append(file_problem(qrels_dir) or "qrels is not a directory")
-        qrels = {p.stem: p for p in _files(listed, "qrels/<split>.tsv", problems)}
+        qrels = _beir_qrels(root, problems)
         fmt, corpus, queries = "beir", root / "corpus.jsonl", (root / "queries.jsonl",)
     else:
         layout = "BEIR or MS MARCO"
@@ -317,6 +353,32 @@ def dataset_files(root: str | Path) -> DatasetFiles:
         raise _incomplete(root, layout, expected, problems)
     negatives = root / NEGATIVES_FILE[fmt]
     return DatasetFiles(root, fmt, corpus, queries, qrels, negatives if _present(negatives) else None)
+
+
+def _beir_qrels(root: Path, problems: list[str]) -> dict[str, Path]:
+    qrels_dir = root / "qrels"
+    listed = sorted(p for p in qrels_dir.glob("*.tsv")) if qrels_dir.is_dir() else []
+    if _present(qrels_dir) and not qrels_dir.is_dir():
+        problems.append(file_problem(qrels_dir) or "qrels is not a directory")
+    return {p.stem: p for p in _files(listed, "qrels/<split>.tsv", problems)}
+
+
+def _parquet_files(root: Path) -> DatasetFiles:
+    """BEIR in its Hugging Face layout: corpus.parquet or corpus/*.parquet (shards, read in name order), the same
+    for queries, and qrels/<split>.tsv."""
+    problems: list[str] = []
+    parts = {}
+    for kind in ("corpus", "queries"):
+        single = root / f"{kind}.parquet"
+        listed = [single] if _present(single) else sorted((root / kind).glob("*.parquet"))
+        parts[kind] = _files(listed, f"{kind}.parquet or {kind}/*.parquet", problems)
+    qrels = _beir_qrels(root, problems)
+    if problems:
+        raise _incomplete(root, "BEIR (Hugging Face parquet)", "corpus.parquet or corpus/*.parquet, queries.parquet "
+                          "or queries/*.parquet and qrels/<split>.tsv", problems)
+    negatives = root / NEGATIVES_FILE["beir-parquet"]
+    return DatasetFiles(root, "beir-parquet", parts["corpus"][0], tuple(parts["queries"]), qrels,
+                        negatives if _present(negatives) else None, tuple(parts["corpus"]))
 
 
 def _download(url: str, datasets: Path, name: str) -> Path:

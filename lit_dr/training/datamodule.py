@@ -23,6 +23,9 @@ from lit_dr.data.formats import (
 from lit_dr.data.judgments import given_negatives, load_qrels, warn_overlap
 from lit_dr.data.sampling import EpochSampler, NegativesTable, QueryShardSampler, draw_rows
 from lit_dr.data.token_store import TokenStore, cached_store, default_cache_dir
+from lit_dr.data.tuples import describe as describe_tuples
+from lit_dr.data.tuples import is_tuples
+from lit_dr.data.tuples import materialize as materialize_tuples
 from lit_dr.files import shared_run_directory
 from lit_dr.index.corpus_index import CorpusIndex, Encoding
 from lit_dr.index.embeddings import EmbeddingDtype
@@ -40,7 +43,11 @@ class RetrievalDataModule(L.LightningDataModule):
     """Reads a BEIR or MS MARCO-style data set, tokenizes it once into a memory-mapped cache, serves batches.
 
     Args:
-        dataset: a directory, or a name resolved under `data_root` / `$LIT_DR_DATA`, the cache, or BEIR's zip.
+        dataset: a directory (BEIR, BEIR's Hugging Face parquet layout, MS MARCO), or a name resolved under
+            `data_root` / `$LIT_DR_DATA`, the cache, or BEIR's zip; or sentence-transformers-style tuples (a
+            .parquet or .jsonl file, or a `save_to_disk` folder: `lit_dr.data.tuples`), read as the BEIR set they
+            make (with `negatives: file` their negative columns, with `teacher_scores: teacher_scores.tsv` their
+            scores).
         data_root: a folder holding data sets by name (default: `$LIT_DR_DATA`).
         download: fetch a BEIR data set by name into the cache when it is not found locally.
         tokenizer: tokenizer path or hub id; the CLI fills it from the model's encoder.
@@ -147,6 +154,11 @@ class RetrievalDataModule(L.LightningDataModule):
         """The files of a data set given as the module's `dataset`, `data_root`, `cache_dir` and `download` are
         (`resolve_dataset`, then `dataset_files`): what `lit-dr fit` checks before it builds anything."""
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        given = Path(dataset).expanduser()
+        if is_tuples(given):  # sentence-transformers-style tuples: read as the BEIR set they make
+            root = materialize_tuples(given, cache)
+            log.info("%s: tuples read as the BEIR data set %s (%s)", given, root, describe_tuples(root))
+            return dataset_files(root)
         return dataset_files(resolve_dataset(dataset, data_root, cache, download=download))
 
     def _tokenizer(self):
@@ -159,7 +171,7 @@ class RetrievalDataModule(L.LightningDataModule):
         return AutoTokenizer.from_pretrained(resolve_model_path(self.hparams.tokenizer))
 
     def _store(self, kind: Literal["corpus", "queries"]) -> TokenStore:
-        sources = [self.files.corpus] if kind == "corpus" else list(self.files.queries)
+        sources = self.files.corpus_sources if kind == "corpus" else list(self.files.queries)
         max_length = self.hparams.doc_max_length if kind == "corpus" else self.hparams.query_max_length
         return cached_store(kind, sources, self._tokenizer(), max_length, self.cache_dir, self.hparams.duplicate_ids,
                             self.hparams.show_progress)
