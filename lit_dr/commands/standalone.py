@@ -40,6 +40,14 @@ def parser(command: str):
         p.add_argument("checkpoint", type=str, help="a lit_dr checkpoint (.ckpt)")
         p.add_argument("out_dir", type=str, help="the directory to write (must not exist, unless --overwrite)")
         p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+        p.add_argument("--onnx", action="store_true",
+                       help="also write onnx/model.onnx (sentence-transformers' backend='onnx')")
+        p.add_argument("--quantize", action="store_true",
+                       help="also write onnx/model_qint8.onnx (int8: on SciFact it lost 0.026 nDCG@10; measure first)")
+        p.add_argument("--push_to_hub", type=str | None, default=None, metavar="REPO_ID",
+                       help="upload the export to this Hugging Face Hub model repository")
+        p.add_argument("--license", type=str | None, default=None,
+                       help="the model card's license (default: the base model's)")
         return p
     if command == "index":
         p.add_argument("model", type=str, help=MODEL_HELP)
@@ -168,7 +176,8 @@ def run_command(argv: list[str]) -> None:
     if command == "export":
         from lit_dr.commands.export import export_checkpoint
 
-        print(export_checkpoint(args.checkpoint, args.out_dir, overwrite=args.overwrite))
+        print(export_checkpoint(args.checkpoint, args.out_dir, overwrite=args.overwrite, onnx=args.onnx,
+                                quantize=args.quantize, push_to_hub=args.push_to_hub, license=args.license))
         return
     procs, autocast = processes(args.trainer)
     if command == "index":
