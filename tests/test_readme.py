@@ -48,7 +48,7 @@ def readme_commands(text: str) -> list[str]:
 
 def test_the_parser_finds_the_readme_commands():
     commands = readme_commands(README.read_text())
-    assert commands[0] == "LIT_DR_DATA=../shared/data .venv/bin/lit-dr fit --config configs/bm25neg.yaml"
+    assert commands[0] == "LIT_DR_DATA=../shared/data .venv/bin/lit-dr pipeline configs/pipelines/bm25neg-ltre.yaml"
     assert "export LIT_DR_DATA=../shared/data" in commands
     assert all("pip install" not in c and "pytest" not in c and "-m venv" not in c for c in commands)
     assert all(c.startswith((".venv/bin/lit-dr ", "export ", "LIT_DR_DATA=")) for c in commands), commands
