@@ -39,11 +39,14 @@ def checkpoint_problems(config: dict) -> list[str]:
 def resolve_fit(args: list[str]) -> dict:
     """The config `lit-dr fit ARGS` would run, resolved in this process (no model is built)."""
     from lit_dr.commands.cli import run
+    from lit_dr.commands.errors import ConfigError
 
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             run(["fit", *args, "--print_config"])
+    except ConfigError as e:  # a typo or a bad value, raised as one line (lit_dr.commands.errors)
+        raise ValueError(f"its arguments do not parse: {e}") from None
     except SystemExit as e:
         if e.code not in (0, None):
             last = [line for line in err.getvalue().splitlines() if line.strip()][-1:] or ["(no message)"]
