@@ -12,6 +12,8 @@ from lit_dr import BiEncoderModule, BM25Negatives, RetrievalDataModule
 from lit_dr.commands.cli import LitDrCLI, run
 from lit_dr.evaluation.metrics import read_trec_run
 
+from conftest import write_tiny_fit_config
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OBJECTIVES = sorted(p for p in CONFIGS.glob("*.yaml"))
 FRAGMENTS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name not in ("sweeps", "pipelines"))
@@ -151,18 +153,8 @@ def test_default_checkpoints_stay_beside_config_callbacks_and_the_command_line(m
 
 
 def tiny_config(tmp_path, tiny_beir, tiny_model_dir, cache_dir) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({
-        "seed_everything": 0,
-        "model": {"class_path": "lit_dr.BM25Negatives", "init_args": {
-            "encoder": {"class_path": "lit_dr.Encoder", "init_args": {"model_name_or_path": tiny_model_dir}},
-            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}}}},
-        "data": {"dataset": str(tiny_beir), "cache_dir": cache_dir, "train_batch_size": 4, "show_progress": False},
-        "trainer": {"max_epochs": 1, "enable_progress_bar": False, "default_root_dir": str(tmp_path),
-                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"}}},
-    }))
-    return path
+    return write_tiny_fit_config(tmp_path, tiny_beir, tiny_model_dir, cache_dir, "tiny", max_epochs=1,
+                                 enable_progress_bar=False)
 
 
 def test_fit_then_load_checkpoint_and_validate(tmp_path, tiny_beir, tiny_model_dir, cache_dir, capsys):

@@ -13,23 +13,14 @@ from lit_dr.commands.cli import run
 from lit_dr.data.formats import read_qrels
 from lit_dr.training.progress import FitClock, duration
 
+from conftest import write_tiny_fit_config
+
 
 def short_config(tmp_path, tiny_beir, tiny_model_dir, cache_dir, **trainer) -> Path:
     """The tiny fit with the CPU recipes' schedule: validation every 8 epochs, so a 3-step fit is never validated
     by the loop itself."""
-    path = tmp_path / "short.yaml"
-    path.write_text(yaml.safe_dump({
-        "seed_everything": 0,
-        "model": {"class_path": "lit_dr.BM25Negatives", "init_args": {
-            "encoder": {"class_path": "lit_dr.Encoder", "init_args": {"model_name_or_path": tiny_model_dir}},
-            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}}}},
-        "data": {"dataset": str(tiny_beir), "cache_dir": cache_dir, "train_batch_size": 4, "show_progress": False},
-        "trainer": {"max_epochs": 8, "check_val_every_n_epoch": 8, "default_root_dir": str(tmp_path),
-                    "enable_model_summary": False,
-                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"}}, **trainer},
-    }))
-    return path
+    return write_tiny_fit_config(tmp_path, tiny_beir, tiny_model_dir, cache_dir, "short", **{
+        "max_epochs": 8, "check_val_every_n_epoch": 8, "enable_model_summary": False, **trainer})
 
 
 def evaluations(run_dir: Path) -> list[dict]:
