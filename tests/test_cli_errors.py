@@ -111,6 +111,15 @@ def test_missing_checkpoints_fail_before_the_model(tiny_fit, tmp_path, capsys):
     nothing_written(tmp_path)
 
 
+def test_missing_test_judgments_fail_before_the_model(tiny_fit, tmp_path, capsys):
+    line = fails(capsys, "test", *tiny_fit, "--data.test_qrels=runs/x/dev")
+    assert "--data.test_qrels=runs/x/dev: no such qrels file" in line
+    (tmp_path.parent / "empty-dev").mkdir()
+    line = fails(capsys, "test", *tiny_fit, f"--data.test_qrels={tmp_path.parent / 'empty-dev'}")
+    assert "is a folder without qrels.tsv" in line
+    nothing_written(tmp_path)
+
+
 def test_a_gpu_config_on_a_cpu(tiny_fit, tmp_path, capsys):
     import torch
 

@@ -61,6 +61,12 @@ def check_dataset(data: Namespace | None) -> None:
             raise SetupError(f"--data.dataset={data.dataset}: {error}") from None
     except ValueError as error:
         raise SetupError(f"--data.dataset={data.dataset}: {error}") from None
+    if data.get("test_qrels"):
+        from lit_dr.data.split_files import qrels_file
+        try:
+            qrels_file(data.test_qrels, "--data.test_qrels")
+        except FileNotFoundError as missing:
+            raise SetupError(str(missing)) from None
 
 
 def near_names(name: str, data_root: str | None, cache_dir: str | None) -> list[str]:

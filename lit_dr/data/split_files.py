@@ -18,6 +18,17 @@ def is_split_dir(path: str | Path) -> bool:
     return (path / QUERIES).is_file() and (path / QRELS).is_file()
 
 
+def qrels_file(path: str | Path, option: str) -> Path:
+    """The qrels TSV `path` names: the file itself, or a split folder's `qrels.tsv` (a run's `dev/`). `option`
+    names the setting in the error when there is none."""
+    given = Path(path).expanduser()
+    found = given / QRELS if given.is_dir() else given
+    if not found.is_file():
+        raise FileNotFoundError(f"{option}={path}: no such qrels file" + (
+            f" ({given} is a folder without {QRELS})" if given.is_dir() else ""))
+    return found
+
+
 def write_split(directory: str | Path, queries: Iterable[tuple[str, str]], judgments: dict[str, dict[str, int]],
                 about: dict | None = None) -> Path:
     """Write `queries` ((id, text) pairs) and `judgments` ({query id: {document id: grade}}, every grade kept) under

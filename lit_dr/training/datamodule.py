@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,7 @@ from lit_dr.data.formats import (
 )
 from lit_dr.data.judgments import given_negatives, load_qrels, warn_overlap
 from lit_dr.data.sampling import EpochSampler, NegativesTable, QueryShardSampler, draw_rows
+from lit_dr.data.split_files import qrels_file
 from lit_dr.data.token_store import TokenStore, cached_store, default_cache_dir
 from lit_dr.data.tuples import describe as describe_tuples
 from lit_dr.data.tuples import is_tuples
@@ -75,6 +77,10 @@ class RetrievalDataModule(L.LightningDataModule):
             (grade > 0; ANCE's released code) or "judged" (every document judged for the query, grade 0
             included, so a judged non-relevant document is never a negative). DANCE's negative queries follow
             it too (`excluded_queries`).
+        test_qrels: judgments to score as the test split instead of the data set's `qrels/test.tsv`: a qrels TSV of
+            this data set's queries, or a folder holding one, such as a run's `dev/` (`lit-dr test --ckpt_path ...
+            --data.test_qrels=runs/lit-dr/<run>/dev` scores that run's carved dev split again). A test query that is
+            also a training query is reported (`warn_overlap`).
         dev_fraction: when the data set has no `qrels/dev.tsv`, this share of training queries (chosen by
             `split_dev`, identical on every machine) becomes the dev split and leaves training.
         seed: seeds that choice of dev queries (and, unless `sampling_seed` is given, the batches).
@@ -107,6 +113,7 @@ class RetrievalDataModule(L.LightningDataModule):
         bm25_depth: int = 100,
         teacher_scores: str | None = None,
         exclude_from_negatives: Literal["positives", "judged"] = "positives",
+        test_qrels: str | None = None,
         dev_fraction: float = 0.2,
         seed: int = 0,
         sampling_seed: int | None = None,
@@ -144,8 +151,12 @@ class RetrievalDataModule(L.LightningDataModule):
     @property
     def files(self) -> DatasetFiles:
         if self._files is None:
-            self._files = self.locate(self.hparams.dataset, self.hparams.data_root, self.cache_dir,
-                                      download=self.hparams.download)
+            files = self.locate(self.hparams.dataset, self.hparams.data_root, self.cache_dir,
+                                download=self.hparams.download)
+            if self.hparams.get("test_qrels"):
+                files = replace(files, qrels={**files.qrels,
+                                              "test": qrels_file(self.hparams.test_qrels, "--data.test_qrels")})
+            self._files = files
         return self._files
 
     @staticmethod
