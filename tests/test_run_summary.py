@@ -103,6 +103,29 @@ def test_fit_clock_and_durations():
     assert clock.rate(10) == 1.0 and clock.left(10) == 90.0
 
 
+def test_a_setup_before_the_first_step_is_not_the_rate_of_every_step(monkeypatch):
+    """LTRe's corpus index (or ANCE's first refresh) takes minutes before step 1; the time left must not read it as
+    the cost of each of the 40 steps (the clock used to start at on_train_start: '45m left' for a 3-minute fit)."""
+    import lit_dr.training.progress as progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+
+    class Trainer:
+        estimated_stepping_batches, global_step = 40, 0
+
+    clock, trainer = FitClock(), Trainer()
+    clock.begin(trainer)
+    now[0] = 140.0  # the index: 140 s before the first step
+    for step in range(1, 41):
+        now[0] += 0.5
+        trainer.global_step = step
+        clock.step_done(trainer)
+        if step == 20:
+            assert clock.rate(step) == pytest.approx(2.0) and clock.left(step) == pytest.approx(10.0)
+    assert clock.since_begin() == pytest.approx(160.0)  # elapsed, as shown, is the whole fit's
+
+
 def test_the_dev_split_is_written_into_the_run_and_scored_again(tmp_path, tiny_beir, tiny_model_dir, cache_dir,
                                                                caplog):
     from lit_dr.commands.inference import index_corpus, search_index
@@ -128,6 +151,11 @@ def test_the_dev_split_is_written_into_the_run_and_scored_again(tmp_path, tiny_b
         metrics = search_index(tmp_path / "index", queries_arg, tmp_path / "dev.trec", split=split,
                                show_progress=False, cache_dir=Path(cache_dir))
         assert metrics["ndcg@10"] == pytest.approx(float(cli.trainer.callback_metrics["val/ndcg@10"]), abs=1e-6)
+    # `lit-dr test` scores them too, given the run's dev folder as the test judgments.
+    tested = run(["test", "--config", str(config), "--ckpt_path", ckpt, f"--data.test_qrels={dev}"])
+    assert float(tested.trainer.callback_metrics["test/ndcg@10"]) == pytest.approx(
+        float(cli.trainer.callback_metrics["val/ndcg@10"]), abs=1e-6)
+    assert tested.datamodule.files.qrels["test"] == dev / "qrels.tsv"
     # The data set itself has no dev qrels: the error says where the carved split is.
     with pytest.raises(ValueError, match="carved out of the training queries at run time.*<run directory>/dev"):
         search_index(tmp_path / "index", tiny_beir, tmp_path / "x.trec", split="dev", show_progress=False,

@@ -37,16 +37,27 @@ def duration(seconds: float) -> str:
 
 
 class FitClock:
-    """Steps per second and the fit's time left, from the wall time since the first step was counted (refreshes
-    and evaluations included: they are part of what is left)."""
+    """Steps per second and the fit's time left, from the wall time since the fit's first step ended: a one-time
+    setup before it (LTRe's corpus index, ANCE's refresh before the first step) would otherwise read as the rate
+    of every step, and a 3-minute fit would say 45 minutes left. Refreshes and evaluations after it are part of
+    the rate: they are part of what is left."""
 
     def __init__(self) -> None:
-        self.start, self.first_step, self.total = None, 0, math.inf
+        self.began = self.start = None
+        self.first_step, self.total = 0, math.inf
 
     def begin(self, trainer: L.Trainer) -> None:
-        self.start, self.first_step = time.perf_counter(), trainer.global_step
+        self.began, self.start = time.perf_counter(), None
         total = trainer.estimated_stepping_batches  # max_steps, or max_epochs x steps per epoch (inf: no limit)
         self.total = float(total) if total is not None else math.inf
+
+    def step_done(self, trainer: L.Trainer) -> None:
+        """After each training batch: the first one starts the rate's clock."""
+        if self.start is None:
+            self.start, self.first_step = time.perf_counter(), trainer.global_step
+
+    def since_begin(self) -> float:
+        return 0.0 if self.began is None else time.perf_counter() - self.began
 
     def elapsed(self) -> float:
         return 0.0 if self.start is None else time.perf_counter() - self.start
@@ -99,6 +110,7 @@ class LogProgress(ProgressBar):
         self.print(f"fit: {shown} optimizer steps{epochs}; a line every {self._every} steps")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.clock.step_done(trainer)
         step = trainer.global_step
         if step == self._logged_step or not (step % self._every == 0 or step >= self.clock.total):
             return  # several micro-batches per step under gradient accumulation: one line per step
@@ -109,7 +121,7 @@ class LogProgress(ProgressBar):
         total = int(self.clock.total) if math.isfinite(self.clock.total) else "?"
         self.print(f"step {step}/{total}  epoch {trainer.current_epoch + 1}{epochs}  "
                    f"loss {float('nan') if loss is None else float(loss):.4f}  lr {lr:.3g}  "
-                   f"{self.clock.rate(step):.3g} steps/s  elapsed {duration(self.clock.elapsed())}  "
+                   f"{self.clock.rate(step):.3g} steps/s  elapsed {duration(self.clock.since_begin())}  "
                    f"left {duration(self.clock.left(step))}")
 
     def _start_eval(self) -> None:
@@ -147,6 +159,10 @@ class FitProgressBar(RichProgressBar):
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
         self.clock.begin(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.clock.step_done(trainer)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
