@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_dr import BM25Negatives, Encoder, LTRe, RetrievalDataModule
+from lit_dr.index.embeddings import EmbeddingShards
 from lit_dr.objectives.ltre import ranked_lists
 
 
@@ -205,3 +206,63 @@ def test_killed_fit_resumes_without_re_encoding(tmp_path, tiny_beir, tiny_model_
     assert final["global_step"] == 8
     assert final["ltre_index_source"] == resumed_from["ltre_index_source"]
     assert final["ltre_index_source"]["directory"] == str((emb / "ltre-corpus").resolve())
+
+
+def test_the_fixed_index_is_the_warm_starts_last_embeddings_when_they_match(tiny_beir, tiny_model_dir, cache_dir,
+                                                                          tmp_path, monkeypatch, caplog):
+    """Command 1's second stage: the BM25-negative stage evaluated at its last step, so it has just encoded the corpus
+    with the warm start's weights (2 minutes of CPU). LTRe adopts a copy of those embeddings instead of encoding
+    again, and nothing changes: a fit that had to encode them (the files gone) gets the same matrix, bit for bit,
+    and the same dev metrics. A record that differs in one field (here the batch size) means encoding."""
+    from lit_dr.index.corpus_index import CorpusIndex
+
+    encoded = []
+    original = CorpusIndex.embed
+    monkeypatch.setattr(CorpusIndex, "embed", lambda self, tower, name, version=None: encoded.append(name) or
+                        original(self, tower, name, version))
+    stage1 = tmp_path / "stage1"
+    L.seed_everything(0)
+    model = BM25Negatives(encoder=Encoder(tiny_model_dir, normalize=True), temperature=0.1, optimizer=adamw(3e-3),
+                          run_dir=str(stage1 / "runs"))
+    t = trainer(stage1, max_steps=4, callbacks=[ModelCheckpoint(dirpath=stage1 / "checkpoints", filename="best")])
+    t.fit(model, data(tiny_beir, tiny_model_dir, cache_dir, num_negatives=1, negatives="bm25", bm25_depth=10,
+                      embedding_dir=str(stage1 / "embeddings")))
+    step = t.global_step
+    assert encoded == [f"corpus-step{step:07d}"] and (stage1 / "embeddings" / encoded[0] / "source.json").is_file()
+    warm = str(stage1 / "checkpoints" / "best.ckpt")
+
+    def ltre_fit(name: str, **data_kw) -> tuple[LTRe, L.Trainer]:
+        encoded.clear()
+        L.seed_everything(0)
+        module = ltre(tiny_model_dir, warm, tmp_path / name)
+        fit = trainer(tmp_path / name)
+        fit.fit(module, data(tiny_beir, tiny_model_dir, cache_dir, embedding_dir=str(tmp_path / name / "emb"),
+                             **data_kw))
+        return module, fit
+
+    with caplog.at_level("INFO", logger="lit_dr"):
+        reused, fit_reused = ltre_fit("reused")
+    assert encoded == [] and reused.corpus_encodings == 0 and "not encoded again" in caplog.text
+    fixed = np.asarray(reused.data.corpus_index.embeddings)
+    assert reused.index_source["directory"] == str((tmp_path / "reused" / "emb" / "ltre-corpus").resolve())
+
+    import shutil
+    shutil.rmtree(stage1 / "embeddings")  # the run's own copy stands alone
+    assert np.array_equal(np.asarray(EmbeddingShards(tmp_path / "reused" / "emb" / "ltre-corpus")), fixed)
+    encoding, fit_encoding = ltre_fit("encoding")
+    assert encoded == ["ltre-corpus"] and encoding.corpus_encodings == 1
+    assert np.array_equal(np.asarray(encoding.data.corpus_index.embeddings), fixed)
+    assert {k: float(v) for k, v in fit_encoding.callback_metrics.items() if k.startswith("val/")} == \
+        {k: float(v) for k, v in fit_reused.callback_metrics.items() if k.startswith("val/")}
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lit_dr"):
+        t2 = trainer(stage1, max_steps=4, callbacks=[ModelCheckpoint(dirpath=stage1 / "checkpoints", filename="b2")])
+        L.seed_everything(0)
+        t2.fit(BM25Negatives(encoder=Encoder(tiny_model_dir, normalize=True), temperature=0.1, optimizer=adamw(3e-3),
+                             run_dir=str(stage1 / "runs")),
+               data(tiny_beir, tiny_model_dir, cache_dir, num_negatives=1, negatives="bm25", bm25_depth=10,
+                    embedding_dir=str(stage1 / "embeddings")))
+        warm = str(stage1 / "checkpoints" / "b2.ckpt")
+        _, _ = ltre_fit("other-batch", eval_batch_size=3)
+    assert encoded == ["ltre-corpus"] and "batch_size differ" in caplog.text

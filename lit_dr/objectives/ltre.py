@@ -17,6 +17,7 @@ from lit_dr.index.corpus_index import CorpusIndex
 from lit_dr.index.embeddings import EmbeddingShards
 from lit_dr.models.losses import listwise_softmax_loss, ltre_pairwise_loss
 from lit_dr.objectives.base import BiEncoderModule
+from lit_dr.objectives.reused_embeddings import copy_directory, find_reusable
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,9 @@ class LTRe(BiEncoderModule):
                 raise ValueError(f"LTRe's fixed document embeddings in {directory} changed since the checkpoint was "
                                  f"written (digest {digest[:12]}, recorded {recorded['digest'][:12]})")
             log.info("LTRe: reusing the fixed document embeddings in %s", directory)
+        elif (copied := self._warm_start_embeddings(index)) is not None:
+            index.adopt(copied)
+            digest = self._digest(index.embeddings)
         else:
             index.embed(self.towers()[1], "ltre-corpus")
             self.corpus_encodings += 1
@@ -146,6 +150,29 @@ class LTRe(BiEncoderModule):
                              "directory": str(index.embeddings.directory.resolve()), "digest": digest}
         self._fixed = index
         return index
+
+    def _warm_start_embeddings(self, index: CorpusIndex) -> EmbeddingShards | None:
+        """The warm start's own corpus embeddings, when they are the ones this fit would encode, copied (hard links
+        where the file system allows) into this run's `ltre-corpus`, so the run stands alone. A BM25-negative fit
+        that evaluated at its last step encoded the corpus with exactly the warm start's document tower: the record
+        beside those embeddings (`reused_embeddings`: weights digest, tokenized corpus, dtype, batch size,
+        precision, world size, device) must equal this fit's. One process only; under DDP the corpus is encoded."""
+        ckpt = self.hparams.get("init_checkpoint")
+        if not ckpt or index.store is None or self.trainer.world_size > 1 or not Path(ckpt).is_file():
+            return None
+        step = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+        if step is None:
+            return None
+        found, why = find_reusable([Path(ckpt).resolve().parent.parent / "embeddings" / f"corpus-step{int(step):07d}"],
+                                   self._embedding_source(index))
+        if found is None:
+            log.info("LTRe: encoding the corpus; the warm start's embeddings are not reusable (%s)", why)
+            return None
+        target = Path(index.root) / "ltre-corpus"
+        copy_directory(found, target)
+        log.info("LTRe: the fixed index is the warm start's corpus embeddings of step %d (%s), not encoded again",
+                 step, found)
+        return EmbeddingShards(target)
 
     def _digest(self, embeddings: EmbeddingShards) -> str:
         digest = embeddings.digest() if self.global_rank == 0 else ""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -52,3 +54,19 @@ def find_reusable(candidates: list[Path], source: dict) -> tuple[Path | None, st
             return Path(directory), ""
         why.append(f"{directory}: {', '.join(differ)} differ")
     return None, "; ".join(why) or "no directory to look in"
+
+
+def copy_directory(source: Path, target: Path) -> None:
+    """`source`'s files as `target` (replaced if there), each a hard link where the file system allows, else a
+    copy; written beside `target` and renamed, so an interrupted copy never passes for embeddings."""
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, copy_function=link_or_copy)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
