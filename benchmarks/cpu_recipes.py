@@ -91,11 +91,14 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "ance_from_cmd1": ("ance", []),
     "dance1_from_cmd1": ("dance_stage1", []),
     "dance2_from_dance1": ("dance", []),
+    # ANCE at the learning rate that won for LTRe from the same start (the paper: LAMB 1e-6 at batch 64, MS MARCO)
+    "ance_lr5e-5_from_cmd1": ("ance", ["--model.init_args.optimizer.init_args.lr=5e-5"]),
     # the chosen command 1, other batches and negatives
     "ltre_from_cmd1_sampling1": ("ltre", []),
 }
 WARM_START = {"ltre_from_cmd1": CMD1, "ltre_lr5e-5_from_cmd1": CMD1, "ltre_listwise_from_cmd1": CMD1,
               "ltre_1ep_lr5e-5_from_cmd1": CMD1, "ltre_1ep_lr1e-4_from_cmd1": CMD1, "ance_from_cmd1": CMD1, "dance1_from_cmd1": CMD1,
+              "ance_lr5e-5_from_cmd1": CMD1,
               "dance2_from_dance1": "dance1_from_cmd1", "ltre_from_cmd1_sampling1": f"{CMD1}_sampling1"}
 
 
