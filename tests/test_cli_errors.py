@@ -214,6 +214,8 @@ def test_model_class_help_lists_its_options(cache_dir, capsys, monkeypatch):
     blocks = text.split("\n  --")[1:]
     bare = [b.split()[0] for b in blocks if b.split("\n", 1)[-1].strip().startswith("(type:")]
     assert not bare, bare
+    # and it is kept, as a plain `--help` is: the second answer does not wait for Lightning's import
+    assert help_cache.cached_help(["fit", "--model.help", "lit_dr.ANCE"]) == text
 
 
 def test_every_data_option_has_a_description(cache_dir, capsys, monkeypatch):

@@ -22,7 +22,8 @@ LIBRARIES = ("lightning", "jsonargparse", "torch", "docstring-parser")
 
 
 def wants_help(argv: list[str]) -> bool:
-    return any(a in HELP_FLAGS for a in argv)
+    """`--help`, or jsonargparse's `--model.help CLASS` (what `model_help_args` turns `--model X --help` into)."""
+    return any(a in HELP_FLAGS or a.split("=", 1)[0].endswith(".help") for a in argv)
 
 
 def model_help_args(argv: list[str]) -> list[str]:
