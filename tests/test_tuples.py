@@ -84,6 +84,15 @@ def test_materialized_once_per_content(tmp_path):
     assert materialize(source, tmp_path / "cache") != first
 
 
+def test_a_tuple_set_is_described_once_per_process(tmp_path, caplog):
+    """The preflight, the module and the summary each locate the data set: the log said it three times."""
+    source = write_jsonl(tmp_path / "t.jsonl", ROWS)
+    with caplog.at_level("INFO", logger="lit_dr.training.datamodule"):
+        for _ in range(3):
+            RetrievalDataModule.locate(str(source), cache_dir=tmp_path / "cache")
+    assert sum("tuples read as the BEIR data set" in r.getMessage() for r in caplog.records) == 1
+
+
 @pytest.mark.parametrize("rows, line, field, message", [
     ([{"question": "q", "positive": "p"}], 1, "query", r"missing column 'query' \(or 'anchor'\); the file has"),
     ([ROWS[0], {"query": None, "positive": "p"}], 2, "query", "missing \\(null\\)"),

@@ -35,6 +35,7 @@ from lit_dr.index.encoding import autocast_factory
 from lit_dr.index.search import Processes
 
 log = logging.getLogger(__name__)
+_TUPLES_REPORTED: set[Path] = set()  # tuple sets this process has described
 
 
 def _as_rows(rows: list[int]) -> torch.Tensor:
@@ -168,7 +169,9 @@ class RetrievalDataModule(L.LightningDataModule):
         given = Path(dataset).expanduser()
         if is_tuples(given):  # sentence-transformers-style tuples: read as the BEIR set they make
             root = materialize_tuples(given, cache)
-            log.info("%s: tuples read as the BEIR data set %s (%s)", given, root, describe_tuples(root))
+            if root not in _TUPLES_REPORTED:  # the preflight and the module both locate the set: say it once
+                _TUPLES_REPORTED.add(root)
+                log.info("%s: tuples read as the BEIR data set %s (%s)", given, root, describe_tuples(root))
             return dataset_files(root)
         return dataset_files(resolve_dataset(dataset, data_root, cache, download=download))
 
