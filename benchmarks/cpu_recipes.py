@@ -50,6 +50,8 @@ OLD = ["--model.init_args.optimizer.init_args.lr=2e-5", '--model.init_args.sched
 # Gradient caching: a batch of 64 queries embedded 16 texts at a time (exact gradients; README "Large batches").
 BATCH_64 = ["--data.train_batch_size=64", "--model.init_args.grad_cache_chunk_size=16"]  # 647 queries: 10 steps an epoch
 MASK = ["--model.init_args.mask_shared_positive_queries=true"]  # samtone.yaml excludes judged documents already
+# configs/ance.yaml's NegativeRefresh with other arguments (the list replaced whole: jsonargparse has no item syntax)
+REFRESH = '--trainer.callbacks=[{{"class_path": "lit_dr.NegativeRefresh", "init_args": {{{args}}}}}]'
 CMD1 = "lr1e-4_decay_8ep"  # command 1's first stage (configs/bm25neg.yaml)
 
 # name: (objective config, overrides); a run in WARM_START starts from the best checkpoint of the run it names
@@ -93,12 +95,18 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "dance2_from_dance1": ("dance", []),
     # ANCE at the learning rate that won for LTRe from the same start (the paper: LAMB 1e-6 at batch 64, MS MARCO)
     "ance_lr5e-5_from_cmd1": ("ance", ["--model.init_args.optimizer.init_args.lr=5e-5"]),
+    # ANCE's refresh interval halved (4 refreshes in 80 steps, not 2), and its negatives drawn by the positive-aware
+    # miner (NV-Retriever's TopK-PercPos 0.95: candidates scoring within 5% of the positive dropped)
+    "ance_every20_from_cmd1": ("ance", [REFRESH.format(args='"every_n_steps": 20, "before_first_step": true')]),
+    "ance_posaware_from_cmd1": ("ance", [REFRESH.format(
+        args='"every_n_steps": 40, "before_first_step": true, "miner": {"class_path": '
+             '"lit_dr.mining.miners.PositiveAwareMiner", "init_args": {"max_relative": 0.95}}')]),
     # the chosen command 1, other batches and negatives
     "ltre_from_cmd1_sampling1": ("ltre", []),
 }
 WARM_START = {"ltre_from_cmd1": CMD1, "ltre_lr5e-5_from_cmd1": CMD1, "ltre_listwise_from_cmd1": CMD1,
               "ltre_1ep_lr5e-5_from_cmd1": CMD1, "ltre_1ep_lr1e-4_from_cmd1": CMD1, "ance_from_cmd1": CMD1, "dance1_from_cmd1": CMD1,
-              "ance_lr5e-5_from_cmd1": CMD1,
+              "ance_lr5e-5_from_cmd1": CMD1, "ance_every20_from_cmd1": CMD1, "ance_posaware_from_cmd1": CMD1,
               "dance2_from_dance1": "dance1_from_cmd1", "ltre_from_cmd1_sampling1": f"{CMD1}_sampling1"}
 
 
