@@ -197,3 +197,25 @@ def test_resume_in_the_middle_of_a_cycle_continues_it(tmp_path, tiny_beir, tiny_
     sequence = [(g, r["step"], r["chunk"], r["queries_mined"], r["digest"]) for g, r in sorted(ref.items())]
     assert [(g, step, chunk) for g, step, chunk, _, _ in sequence] == [(1, 0, 0), (2, 4, 1), (3, 8, 2), (4, 12, 0)]
     assert sequence == [(g, r["step"], r["chunk"], r["queries_mined"], r["digest"]) for g, r in sorted(resumed.items())]
+
+
+def test_a_chunk_is_mined_as_a_full_refresh_mines_its_queries(tmp_path, tiny_beir, tiny_model_dir, cache_dir):
+    """Before the first step the weights are the same and the draws are seeded by (seed, generation, row): the
+    chunk's rows, and its positive documents' negative queries, are exactly what the full refresh gives them."""
+    miner = {"class_path": "lit_dr.mining.miners.PositiveAwareMiner", "init_args": {"max_relative": 0.99}}
+    args = {"every_n_steps": 1000, "mine_queries": True, "num_negative_queries": 3, "miner": miner}
+    _, full = fit(tmp_path / "full", tiny_beir, tiny_model_dir, cache_dir, max_steps=1, **args)
+    cli, part = fit(tmp_path / "part", tiny_beir, tiny_model_dir, cache_dir, max_steps=1, query_chunks=3, **args)
+    (full_table, full_queries), = tables_by_generation(tmp_path / "full" / "neg").values()
+    (table, queries), = tables_by_generation(tmp_path / "part" / "neg").values()
+    train = cli.datamodule.split_rows["train"]
+    rows = train[chunk_partition(len(train), 3, seed=0)[0]]
+    assert part.history[0]["queries_mined"] == len(rows) < len(train)
+    assert part.history[0]["margin_dropped"] > 0  # the positive scores were used
+    for q in rows:
+        assert np.array_equal(table[int(q)], full_table[int(q)]), q
+    docs = {int(p) for q in rows for p in cli.datamodule.positives[q]}
+    for d in docs:
+        assert np.array_equal(queries[d], full_queries[d]), d
+    assert set(queries) == docs  # no query table before: only the chunk's documents have one
+
