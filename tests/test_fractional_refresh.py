@@ -219,3 +219,24 @@ def test_a_chunk_is_mined_as_a_full_refresh_mines_its_queries(tmp_path, tiny_bei
         assert np.array_equal(queries[d], full_queries[d]), d
     assert set(queries) == docs  # no query table before: only the chunk's documents have one
 
+
+def test_two_ddp_processes_mine_a_chunk_as_one_process(tmp_path, tiny_beir, tiny_model_dir, cache_dir):
+    digests = {}
+    for devices in (1, 2):
+        run = tmp_path / f"d{devices}"
+        run.mkdir()
+        refresh = {"class_path": "refresh_probes.RankRecordingRefresh", "init_args": {
+            "every_n_steps": 1000, "depth": 20, "num_negatives": 5, "table_dir": str(run / "neg"),
+            "mine_queries": True, "num_negative_queries": 3, "query_chunks": 3, "record_dir": str(run),
+            "timeout_s": 120, "miner": {"class_path": "lit_dr.mining.miners.PositiveAwareMiner",
+                                        "init_args": {"max_relative": 0.99}}}}
+        trainer = {"devices": devices, "max_steps": 2, **({"strategy": "ddp"} if devices == 2 else {})}
+        config = write_config(run / "fit.yaml", tiny_beir, tiny_model_dir, cache_dir, refresh, trainer)
+        cfg = yaml.safe_load(config.read_text())
+        cfg["data"]["negatives"] = "bm25"
+        config.write_text(yaml.safe_dump(cfg))
+        lit_dr("fit", "--config", str(config))
+        digests[devices] = {p.name: p.read_text() for p in run.glob("rank*-g1.txt")}
+        assert refresh_records(run / "neg")[1]["chunk"] == 0
+    assert sorted(digests[2]) == ["rank0-g1.txt", "rank1-g1.txt"]
+    assert digests[2]["rank0-g1.txt"] == digests[2]["rank1-g1.txt"] == digests[1]["rank0-g1.txt"]
