@@ -1,4 +1,5 @@
-"""Negatives tables on disk and figures about them: CSR arrays in one .npz, a digest, the overlap of two tables."""
+"""Negatives tables on disk and figures about them: CSR arrays in one .npz, a digest, the overlap of two tables;
+the partition of the training queries a fractional refresh mines chunk by chunk, and the merge of its tables."""
 
 from __future__ import annotations
 
@@ -14,6 +15,22 @@ def overlap(old: Mapping[int, np.ndarray], new: Mapping[int, np.ndarray]) -> flo
     """Mean over keys of |new ∩ old| / |new|: how much of each new negative set was already there."""
     shares = [len(np.intersect1d(v, old[k])) / len(v) for k, v in new.items() if len(v) and k in old]
     return float(np.mean(shares)) if shares else 0.0
+
+
+def chunk_partition(num_rows: int, chunks: int, seed: int) -> list[np.ndarray]:
+    """Positions 0..num_rows-1 split into `chunks` disjoint chunks covering all, sizes differing by at most one:
+    a permutation seeded by `seed`, split in order (`np.array_split`), each chunk sorted. The same for the same
+    inputs, so a resumed run recomputes the partition instead of checkpointing it."""
+    if not 1 <= chunks <= num_rows:
+        raise ValueError(f"cannot split {num_rows} rows into {chunks} chunks: expected 1 <= chunks <= {num_rows}")
+    order = np.random.default_rng(seed).permutation(num_rows)
+    return [np.sort(part).astype(np.int64) for part in np.array_split(order, chunks)]
+
+
+def merge_tables(previous: Mapping[int, np.ndarray] | None, new: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """`previous` with the keys of `new` replaced (or added) by theirs: a fractional refresh renews its chunk's
+    rows and keeps every other row's negatives from its last refresh (or from the table it started from)."""
+    return {**(previous or {}), **new}
 
 
 def table_digest(*tables: Mapping[int, np.ndarray] | None) -> str:

@@ -18,7 +18,7 @@ from lit_dr.files import shared_run_directory
 from lit_dr.index.faiss_index import check_search_params, fit_nlist
 from lit_dr.index.search import even_share
 from lit_dr.mining.miners import Miner, Ranking, UniformMiner, lowest_positive_scores
-from lit_dr.mining.tables import load_table, overlap, save_table, table_digest
+from lit_dr.mining.tables import chunk_partition, load_table, merge_tables, overlap, save_table, table_digest
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,17 @@ class NegativeRefresh(L.Callback):
     queries for each positive document from its top `query_depth` training queries, dropping `excluded_queries`,
     with the same miner (a document's positive score: its lowest with the training queries it is relevant to).
     The figures `positive_in_depth` / `positive_mean_rank` count positives (grade > 0) only.
+
+    With `query_chunks` K > 1 a refresh mines only a K-th of the training queries: they are split once into K
+    chunks (`tables.chunk_partition`, seeded by `seed`), refresh g mines chunk (g - 1) % K, and every other query
+    keeps its negatives from its last refresh, or from the table the fit started with (BM25's) before its first
+    (`tables.merge_tables`); the table written is the full merged one. The corpus is still encoded in full at
+    every refresh; query encoding and search scale by 1/K; a query's negatives are up to K refreshes old. This is
+    ANCE's released code's `ann_chunk_factor` (default 5 there: a fifth of the queries per ANN data generation);
+    ANCE's inferencer runs asynchronously beside the trainer, lit_dr's refresh synchronously, so chunk (g - 1) % K
+    is always mined with the weights of the refresh's own step. With `mine_queries` all training queries are
+    encoded (they are DANCE's query index), but only the chunk's queries search the corpus, and negative queries
+    are mined only for their positive documents (merged the same way).
 
     Under DDP every process encodes its share of the corpus and of the queries to disk, searches the whole corpus
     for its own queries, and the rankings are gathered; every process then draws the same (the draw is seeded by
@@ -59,6 +70,8 @@ class NegativeRefresh(L.Callback):
         mine_queries: also mine negative queries for each positive document (DANCE's dual loss).
         query_depth: with `mine_queries`, training queries retrieved per positive document.
         num_negative_queries: with `mine_queries`, negative queries drawn per positive document.
+        query_chunks: K, the refresh mines a K-th of the training queries in turn (ANCE's `ann_chunk_factor`);
+            1 (default): all of them at every refresh. At most the number of training queries.
         table_dir: where tables go; default `negatives/` in the run's directory.
         seed: seeds the draws (with the generation and the row), so every process draws the same table.
         timeout_s: how long a process waits for the others at the start of a refresh before failing.
@@ -77,6 +90,7 @@ class NegativeRefresh(L.Callback):
         mine_queries: bool = False,
         query_depth: int = 200,
         num_negative_queries: int = 20,
+        query_chunks: int = 1,
         table_dir: str | None = None,
         seed: int = 0,
         timeout_s: float = 1800.0,
@@ -94,6 +108,10 @@ class NegativeRefresh(L.Callback):
         check_search_params(index_factory, search_params)
         self.index_factory, self.search_params = index_factory, search_params
         self.mine_queries, self.query_depth, self.num_negative_queries = mine_queries, query_depth, num_negative_queries
+        if query_chunks < 1:
+            raise ValueError(f"NegativeRefresh(query_chunks={query_chunks}): expected >= 1 (1: every training "
+                             "query at every refresh)")
+        self.query_chunks = query_chunks
         self.table_dir = table_dir
         self.seed, self.timeout_s = seed, timeout_s
         self.generation = 0
@@ -118,6 +136,10 @@ class NegativeRefresh(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.table_dir is None:
             self.table_dir = str(shared_run_directory(trainer) / "negatives")
+        num_train = len(trainer.datamodule.split_rows["train"])
+        if self.query_chunks > num_train:
+            raise ValueError(f"NegativeRefresh(query_chunks={self.query_chunks}): the training split has only "
+                             f"{num_train} queries; expected 1 <= query_chunks <= {num_train}")
         if self.table_path is not None:  # resumed: the table this run was using
             self._install(trainer, *self._load(Path(self.table_path)))
         elif self.before_first_step and self.generation == 0:
@@ -158,7 +180,10 @@ class NegativeRefresh(L.Callback):
             if trainer.is_global_zero:
                 save_table(path, candidates, query_candidates)
         previous = trainer.datamodule.negatives.candidates
-        stats["overlap_with_previous"] = overlap(previous, candidates)
+        chunk, rows = self._chunk(trainer.datamodule, generation)
+        renewed = candidates if self.query_chunks == 1 else {int(q): candidates[int(q)] for q in rows}
+        stats["overlap_with_previous"] = overlap(previous, renewed)  # over the rows this refresh mined
+        stats.update(query_chunks=float(self.query_chunks), chunk=float(chunk), queries_mined=float(len(rows)))
         stats["steps_since_previous"] = float(step - (self.last_step or 0))
         self.generation, self.last_step, self.table_path = generation, step, str(path)
         self.table_digest = table_digest(candidates, query_candidates)
@@ -166,9 +191,21 @@ class NegativeRefresh(L.Callback):
         self._report(trainer, step, generation, stats)
         return trainer.datamodule.negatives
 
+    def _chunk(self, dm, generation: int) -> tuple[int, np.ndarray]:
+        """The chunk refresh `generation` mines ((generation - 1) % query_chunks) and its training query rows."""
+        train = dm.split_rows["train"]
+        if self.query_chunks == 1:
+            return 0, train
+        chunk = (generation - 1) % self.query_chunks
+        return chunk, train[chunk_partition(len(train), self.query_chunks, self.seed)[chunk]]
+
     def _mine(self, trainer, pl_module, generation: int):
         dm = trainer.datamodule
         train = dm.split_rows["train"]
+        _, rows = self._chunk(dm, generation)  # the training queries mined now: all when query_chunks is 1
+        # DANCE's query index needs every training query: then all are encoded, and the chunk's taken by position.
+        positions = np.flatnonzero(np.isin(train, rows)) if self.mine_queries and self.query_chunks > 1 else None
+        encoded = rows if positions is None else train
         times: dict[str, float] = {}
 
         @contextmanager
@@ -185,21 +222,26 @@ class NegativeRefresh(L.Callback):
         with phase("encode_corpus"):
             corpus.embed(doc_tower, f"corpus-step{trainer.global_step:07d}", version=trainer.global_step)  # (N, H)
         with phase("encode_queries"):
-            queries = dm.text_index(dm.queries, train)  # (Q, H) on disk, row i = train[i]
+            queries = dm.text_index(dm.queries, encoded)  # (Q, H) on disk, row i = encoded[i]
             queries.embed(query_tower, f"train-queries-g{generation:04d}")
         with phase("search"):
-            mine = queries.embeddings.shard(trainer.global_rank)  # (Q_r, H): this process's queries
-            scores, ranked = corpus.search(mine, self.depth, self.index_factory, self.search_params,
-                                           share=False)  # (Q, depth), every process's
+            if positions is None:
+                mine = queries.embeddings.shard(trainer.global_rank)  # (Q_r, H): this process's queries
+                scores, ranked = corpus.search(mine, self.depth, self.index_factory, self.search_params,
+                                               share=False)  # (Q, depth), every process's
+            else:  # the chunk's queries, scattered over the shards: each process searches its even share
+                scores, ranked = corpus.search(queries.embeddings.take(positions), self.depth, self.index_factory,
+                                               self.search_params, share=True)  # (Q_chunk, depth)
         with phase("sample"):
-            relevant_docs = [dm.positives[q] for q in train]
-            positive_scores = self._positive_scores(queries.embeddings, corpus.embeddings, relevant_docs)  # (Q,)
-            mined = self.miner(Ranking(train, ranked, scores, positive_scores), dm.excluded_docs(train),
+            relevant_docs = [dm.positives[q] for q in rows]
+            positive_scores = self._positive_scores(queries.embeddings, corpus.embeddings, relevant_docs,
+                                                    key_rows=positions)  # (Q_chunk,)
+            mined = self.miner(Ranking(rows, ranked, scores, positive_scores), dm.excluded_docs(rows),
                                relevant_docs, self.num_negatives, self.seed, generation)
         query_candidates = None
         if self.mine_queries:
             with phase("mine_queries"):
-                positives = np.array(sorted({int(p) for q in train for p in dm.positives[q]}), dtype=np.int64)
+                positives = np.array(sorted({int(p) for q in rows for p in dm.positives[q]}), dtype=np.int64)
                 share = positives[even_share(len(positives), trainer.global_rank, trainer.world_size)]
                 query_factory = fit_nlist(self.index_factory, len(train))  # the refresh's index, over the queries
                 near_scores, near = queries.search(corpus.embeddings.take(share), self.query_depth, query_factory,
@@ -216,9 +258,15 @@ class NegativeRefresh(L.Callback):
                                          self.num_negative_queries, self.seed, generation)
                 query_candidates = query_mined.candidates
                 mined.stats.update({f"queries_{k}": v for k, v in query_mined.stats.items()})
+                mined.stats["documents_mined"] = float(len(positives))
         queries.remove()  # every process is past the searches' gathers
         times["time_total_s"] = sum(times.values())
-        return mined.candidates, query_candidates, {**mined.stats, **times}
+        candidates = mined.candidates
+        if self.query_chunks > 1:  # the other chunks keep their last negatives
+            candidates = merge_tables(dm.negatives.candidates, candidates)
+            if query_candidates is not None:
+                query_candidates = merge_tables(dm.negatives.query_candidates, query_candidates)
+        return candidates, query_candidates, {**mined.stats, **times}
 
     def _positive_scores(self, keys, candidates, positives, key_rows=None) -> np.ndarray | None:
         """(K,) the lowest dot product (float32) of each key with its positives (`candidates` rows; for key i,
