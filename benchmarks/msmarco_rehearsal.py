@@ -21,7 +21,8 @@ module where lit-dr has no command for it), under `nice`, with OMP_NUM_THREADS=-
   index/search  lit-dr index (Flat) of collection.tsv, lit-dr search of queries.dev.small.tsv
   ivf_recall    recall@10/100 of IVF{sqrt N},Flat at each --nprobe against exact Flat search, with both times
 
-Per phase: wall time; peak anonymous memory (RssAnon of /proc/<pid>/status, the largest any one process of the
+Per phase: wall time; CPU seconds of the phase's processes (polled from /proc/<pid>/stat: on a shared machine the
+figure to compare, as wall time includes waiting for the CPU); peak anonymous memory (RssAnon of /proc/<pid>/status, the largest any one process of the
 phase's tree reached, polled every 0.2 s: a spike shorter than that can be missed; file-backed pages such as the
 memory-mapped token store and embeddings are not counted); disk written (du of --out before and after, so files
 a phase writes and deletes again do not show). lit_dr's own timings inside a call (refreshes.jsonl time_* fields,
@@ -36,7 +37,7 @@ import json
 import math
 import os
 import re
-import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -75,11 +76,22 @@ def tree(pid: int) -> list[int]:
     return out
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` so far (fields 14 and 15 of /proc/<pid>/stat), 0 once it has exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class PeakMemory:
-    """Polls the tree of `pid` every 0.2 s; `peak_mb`: the largest RssAnon any one of its processes reached."""
+    """Polls the tree of `pid` every 0.2 s. `stop()` gives the largest RssAnon (MB) any one of its processes reached,
+    how many processes it saw, and their CPU seconds summed (each as last seen: up to 0.2 s of each is missed;
+    not `getrusage`, which misses a DDP rank nobody waits for)."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.peaks, self._stop = pid, {}, threading.Event()
+        self.pid, self.peaks, self.cpu, self._stop = pid, {}, {}, threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
@@ -87,19 +99,14 @@ class PeakMemory:
         while True:
             for p in tree(self.pid):
                 self.peaks[p] = max(self.peaks.get(p, 0), rss_anon_kb(p))
+                self.cpu[p] = max(self.cpu.get(p, 0.0), cpu_s(p))
             if self._stop.wait(0.2):
                 return
 
-    def stop(self) -> tuple[float, int]:
+    def stop(self) -> tuple[float, int, float]:
         self._stop.set()
         self._thread.join()
-        return max(self.peaks.values(), default=0) / 1024, len(self.peaks)
-
-
-def children_cpu_s() -> float:
-    """User + system CPU seconds of every waited-for descendant so far (DDP's rank 1 is waited for by rank 0)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+        return max(self.peaks.values(), default=0) / 1024, len(self.peaks), sum(self.cpu.values())
 
 
 def du_mb(path: Path) -> float:
@@ -118,15 +125,17 @@ class Rehearsal:
         self.out.mkdir(parents=True, exist_ok=True)
 
     def measure(self, phase: str, run, notes: str = "") -> None:
-        """Runs `run()` (returns a pid to watch and waits for it, or does the work itself) and records a row."""
+        """Runs `run()` (one subprocess: what `call` measured, plus notes) and records its row."""
         before, start = du_mb(self.out), time.perf_counter()
         extra = run() or {}
         wall = time.perf_counter() - start
-        row = {"phase": phase, "wall_s": round(wall, 1), "cpu_s": round(extra.pop("cpu_s", 0.0), 1), "peak_anon_mb": round(extra.pop("peak_mb", 0.0), 1),
+        row = {"phase": phase, "wall_s": round(wall, 1), "cpu_s": round(extra.pop("cpu_s", 0.0), 1),
+               "peak_anon_mb": round(extra.pop("peak_mb", 0.0), 1),
                "procs_seen": extra.pop("procs", 1), "disk_mb": round(du_mb(self.out) - before, 1),
                "lit_dr_timings": extra.pop("timings", ""), "notes": notes or extra.pop("notes", "")}
         self.rows.append(row)
-        print(f"## {phase}: {row['wall_s']} s ({row['cpu_s']} s CPU), peak anon {row['peak_anon_mb']} MB, disk +{row['disk_mb']} MB"
+        print(f"## {phase}: {row['wall_s']} s ({row['cpu_s']} s CPU), peak anon {row['peak_anon_mb']} MB, "
+              f"disk +{row['disk_mb']} MB"
               f"  {row['lit_dr_timings']}  {row['notes']}", flush=True)
 
     def call(self, name: str, argv: list[str]) -> dict:
@@ -140,10 +149,9 @@ class Rehearsal:
         with open(log, "w") as f:  # cwd REPO: `python -m lit_dr` imports this checkout
             proc = subprocess.Popen(["nice", "-n", "19", sys.executable, *argv], cwd=REPO, env=env, stdout=f,
                                     stderr=subprocess.STDOUT)
-            probe, cpu = PeakMemory(proc.pid), children_cpu_s()
+            probe = PeakMemory(proc.pid)
             code = proc.wait()
-        peak, procs = probe.stop()
-        cpu = children_cpu_s() - cpu
+        peak, procs, cpu = probe.stop()
         if code != 0:
             raise RuntimeError(f"{name} failed (exit {code}); end of {log}:\n{log.read_text()[-4000:]}")
         loops = [f"{m[1]} {float(m[3]):.1f} s" for m in map(LOOP_LINE.search, log.read_text().splitlines()) if m]
@@ -387,6 +395,7 @@ def main() -> None:
     if unknown:
         p.error(f"unknown phases {sorted(unknown)}; choose from {','.join(PHASES)}")
     rehearsal = Rehearsal(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still prints the table of what ran
     print(f"# {' '.join(sys.argv)}", flush=True)
     try:
         for phase in PHASES:
