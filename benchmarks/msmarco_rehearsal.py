@@ -9,22 +9,23 @@ counts scaled by --scale, or --passages / --queries; Zipf words, lognormal lengt
 6 per query). The model is the test suite's tiny BERT (2 layers, width 32) with this vocabulary
 (`build_word_bert`: one token per word) and `Encoder(projection_dim=768)`, so every embedding is as wide as an
 MS MARCO model's while encoding stays cheap: the figures are those of the data, the index and the search, not of
-a real encoder's FLOPs. Each later phase is one subprocess (`python -m lit_dr ...`, or `python -c` on the data
-module where lit-dr has no command for it), under `nice`, with OMP_NUM_THREADS=--threads per process:
+a real encoder's FLOPs. Each phase is one subprocess (`python -m lit_dr ...`, or this script's `--worker=<phase>`
+on the data module where lit-dr has no command for it), under `nice`, with OMP_NUM_THREADS=--threads per process:
 
   prepare_data  tokenize collection + queries into the token store      setup   judgments, carved dev split
   bm25          bm25s over the corpus for the training queries -> negatives.train.tsv (lit_dr's given negatives)
-  train         lit-dr fit configs/bm25neg.yaml, negatives: file, --steps steps
+  train         lit-dr fit configs/bm25neg.yaml, negatives: file (bm25's; random without it), --steps steps
   refresh       lit-dr fit configs/ance.yaml from train's checkpoint: one NegativeRefresh before the first step
   dev_eval      lit-dr test on qrels.dev.small.tsv (--data.test_qrels; lit_dr's "dev" split is carved from train)
   ltre          lit-dr fit configs/ltre.yaml from train's checkpoint: the fixed index, then --steps steps
   index/search  lit-dr index (Flat) of collection.tsv, lit-dr search of queries.dev.small.tsv
   ivf_recall    recall@10/100 of IVF{sqrt N},Flat at each --nprobe against exact Flat search, with both times
+                (holds the embeddings twice in memory, 2 x N x 768 x 4 bytes: 6 GB at 1M, too much at 8.8M)
 
 Per phase: wall time; CPU seconds of the phase's processes (polled from /proc/<pid>/stat: on a shared machine the
-figure to compare, as wall time includes waiting for the CPU); peak anonymous memory (RssAnon of /proc/<pid>/status, the largest any one process of the
-phase's tree reached, polled every 0.2 s: a spike shorter than that can be missed; file-backed pages such as the
-memory-mapped token store and embeddings are not counted); disk written (du of --out before and after, so files
+figure to compare, as wall time includes waiting for the CPU); peak anonymous memory (RssAnon of
+/proc/<pid>/status, the largest any one process of the phase's tree reached, polled every 0.2 s: a spike shorter
+than that can be missed; file-backed pages such as the memory-mapped token store and embeddings are not counted); disk written (du of --out before and after, so files
 a phase writes and deletes again do not show). lit_dr's own timings inside a call (refreshes.jsonl time_* fields,
 "<loop>: N texts in S s" progress lines) are listed beside it. Fits run with validation off
 (limit_val_batches 0): evaluation is the dev_eval phase. The table is printed and written to --out/rehearsal.json.
@@ -211,9 +212,11 @@ class Rehearsal:
         self.measure("bm25", lambda: self.worker("bm25"), f"bm25s top {BM25_DEPTH} -> negatives.train.tsv")
 
     def phase_train(self) -> None:
-        self.measure("train", lambda: self.fit("train", "bm25neg", None, self.steps(), data={"negatives": "file"},
+        # Without the bm25 phase's file (--phases without bm25): random negatives, so the later phases can still run.
+        negatives = "file" if (self.data / "negatives.train.tsv").exists() else "none"
+        self.measure("train", lambda: self.fit("train", "bm25neg", None, self.steps(), data={"negatives": negatives},
                                                extra=("--best_checkpoint=null",)),
-                     f"bm25neg, {self.args.steps} steps of {self.args.batch_size} queries, negatives: file")
+                     f"bm25neg, {self.args.steps} steps of {self.args.batch_size} queries, negatives: {negatives}")
 
     def phase_refresh(self) -> None:
         a = self.args
