@@ -128,6 +128,10 @@ class TokenStore:
         """Texts of `rows` (all, in row order, when None), streamed."""
         return (self.text(r) for r in (range(len(self)) if rows is None else rows))
 
+    def text_sequence(self) -> StoreTexts:
+        """Every text as a read-only sequence decoded on access: a `Sequence[str]` that holds no string."""
+        return StoreTexts(self)
+
     def batch(self, rows: np.ndarray | Sequence[int]) -> TokenBatch:
         rows = np.asarray(rows, dtype=np.int64)
         lengths = self.lengths[rows]  # (N,)
@@ -246,3 +250,21 @@ def _build(records, sources, tokenizer, max_length, directory, duplicate_ids, sh
     if first_empty is not None:
         log.warning("%s: %d empty texts kept (first: id %r at %s)", names, empty, first_empty.id,
                     _where(first_empty.path, first_empty.line, sources))
+
+
+class StoreTexts(Sequence):
+    """A store's texts in row order, each decoded when read (`TokenStore.text_sequence`)."""
+
+    def __init__(self, store: TokenStore) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, row: int) -> str:
+        if not -len(self) <= row < len(self):
+            raise IndexError(f"row {row} of a store of {len(self)}")
+        return self.store.text(row % len(self))
+
+    def __iter__(self) -> Iterator[str]:
+        return self.store.texts()

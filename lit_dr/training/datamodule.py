@@ -346,7 +346,8 @@ class RetrievalDataModule(L.LightningDataModule):
         from lit_dr.mining.miners import Ranking, UniformMiner
 
         depth = self.hparams.bm25_depth
-        scores, ranked = bm25_search(list(self.corpus.texts()), list(self.queries.texts(train.tolist())), k=depth,
+        # The corpus as a lazy sequence: with the BM25 index cached, its texts are only streamed through the key.
+        scores, ranked = bm25_search(self.corpus.text_sequence(), list(self.queries.texts(train.tolist())), k=depth,
                                      cache_dir=self.cache_dir / "bm25", show_progress=self.hparams.show_progress)
         # The table keeps every usable row, in rank order (num=None); batches draw from it.
         mined = UniformMiner()(Ranking(train, ranked, scores), self.excluded_docs(train),
@@ -419,7 +420,9 @@ class RetrievalDataModule(L.LightningDataModule):
         random top-up, the refresh and the in-batch mask (`TrainBatch.excluded`, across processes too)."""
         option = self.hparams.exclude_from_negatives
         if option == "judged":
-            return [set(self.relevance.docs_of(int(q)).tolist()) for q in query_rows]
+            # From a dict, as before: CPython sizes a set built from a dict differently, so its iteration order
+            # (not its members) would otherwise change.
+            return [set(dict.fromkeys(self.relevance.docs_of(int(q)).tolist())) for q in query_rows]
         if option == "positives":
             empty = np.empty(0, dtype=np.int64)
             return [set(self.positives.get(int(q), empty).tolist()) for q in query_rows]
