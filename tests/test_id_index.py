@@ -86,6 +86,8 @@ def test_a_store_built_before_the_index_gets_it_on_first_use(tmp_path, tiny_mode
     store = cached_store("corpus", [source], AutoTokenizer.from_pretrained(tiny_model_dir), 8, tmp_path / "cache",
                          show_progress=False)
     assert (store.directory / SORTED_IDS).is_file()  # a new store is built with it
+    texts = store.text_sequence()  # what BM25 reads: a sequence decoded on access
+    assert len(texts) == 4 and list(texts) == list(store.texts()) and texts[-1] == texts[3] == "word d10"
     for name in (SORTED_IDS, SORTED_ROWS):
         (store.directory / name).unlink()
     old = TokenStore(store.directory)
