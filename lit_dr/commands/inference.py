@@ -22,6 +22,7 @@ from torch import Tensor
 
 from lit_dr.data.batches import TokenBatch
 from lit_dr.data.formats import dataset_files, read_qrels
+from lit_dr.data.id_index import IdIndex
 from lit_dr.data.token_store import cached_store
 from lit_dr.index import corpus_index
 from lit_dr.index.corpus_index import CorpusIndex, Encoding
@@ -215,10 +216,13 @@ def search_index(index_dir: str | Path, queries: str | Path, out_file: str | Pat
     scores, ranked = index.search(local.numpy(), k, factory, params, share=False)
     if procs.rank != 0:
         return None
-    doc_ids = np.load(index_dir / "ids.npy")
+    doc_ids = np.load(index_dir / "ids.npy", mmap_mode="r")  # (N,) str, read as needed
     write_trec_run(out_file, [str(store.ids[r]) for r in rows], doc_ids, scores, ranked)
     if qrels is None:
         return None
-    row_of = {str(d): r for r, d in enumerate(doc_ids)}
-    relevance = [{row_of[d]: g for d, g in qrels[str(store.ids[r])].items() if d in row_of} for r in rows]
+    judged = [qrels[str(store.ids[r])] for r in rows]  # (Q,) {document id: grade}
+    found = IdIndex.build(doc_ids, str(index_dir / "ids.npy")).find([d for rel in judged for d in rel])  # (J,)
+    ends = np.cumsum([len(rel) for rel in judged], dtype=np.int64)  # (Q,) where each query's judgments end
+    relevance = [{row: g for g, row in zip(rel.values(), found[end - len(rel):end].tolist(), strict=True) if row >= 0}
+                 for rel, end in zip(judged, ends.tolist(), strict=True)]
     return retrieval_metrics(scores, ranked, relevance, doc_ids)  # ties by document id, as in the run file's trec_eval

@@ -3,7 +3,8 @@
 A store is the one record of a source's rows: everything downstream (batches, BM25, id -> row maps, run files)
 reads it, never the raw files again, so duplicates skipped or texts chosen while building it cannot disagree
 with anything later. It is a directory with `tokens.bin` (N, max_length) raw int32 padded token ids (shape in
-`meta.json`), `lengths.npy` (N,) int32, `ids.npy` (N,) the string ids, and the texts as UTF-8 in `texts.bin`
+`meta.json`), `lengths.npy` (N,) int32, `ids.npy` (N,) the string ids (with their sorted index beside them for
+id -> row lookups: `lit_dr.data.id_index`; a store built before it gets it on first use), and the texts as UTF-8 in `texts.bin`
 with `text_offsets.npy` (N + 1,) int64; rows keep the order of the source files. It is built once per (source
 files' contents, tokenizer, max length), under a file lock (a second process waits, then reuses it), in a
 temporary directory that is renamed into place, so a killed build never leaves a half store behind.
@@ -27,6 +28,7 @@ import torch
 
 from lit_dr.data.batches import TokenBatch
 from lit_dr.data.formats import DataFormatError, TextRecord, iter_texts
+from lit_dr.data.id_index import IdIndex, RowMap
 from lit_dr.data.progress import progress
 
 log = logging.getLogger(__name__)
@@ -96,17 +98,26 @@ class TokenStore:
         self.sources = [Path(p) for p in meta["sources"]]
         self.text_offsets = np.load(self.directory / "text_offsets.npy", mmap_mode="r")  # (N + 1,) int64
         self._texts = np.memmap(self.directory / "texts.bin", dtype=np.uint8, mode="r") if self.text_offsets[-1] else None
-        self._row_of: dict[str, int] | None = None
+        self._id_index: IdIndex | None = None
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     @property
-    def row_of(self) -> dict[str, int]:
-        """id -> row, built on first use."""
-        if self._row_of is None:
-            self._row_of = {str(i): r for r, i in enumerate(self.ids)}
-        return self._row_of
+    def id_index(self) -> IdIndex:
+        """The ids' sorted index (memory-mapped, written beside `ids.npy` on first use if the store lacks it)."""
+        if self._id_index is None:
+            self._id_index = IdIndex.open(self.directory, self.ids)
+        return self._id_index
+
+    @property
+    def row_of(self) -> RowMap:
+        """id -> row, one id at a time, as a read-only mapping; `rows` and `id_index.find` look up many at once."""
+        return RowMap(self.id_index, self.ids)
+
+    def rows(self, ids: Iterable[str]) -> np.ndarray:
+        """(M,) int64 rows of `ids`; a KeyError names the first id the store lacks."""
+        return self.id_index.rows(ids)
 
     def text(self, row: int) -> str:
         """The text of one row, exactly as tokenized (title and text joined)."""
@@ -116,6 +127,10 @@ class TokenStore:
     def texts(self, rows: Iterable[int] | None = None) -> Iterator[str]:
         """Texts of `rows` (all, in row order, when None), streamed."""
         return (self.text(r) for r in (range(len(self)) if rows is None else rows))
+
+    def text_sequence(self) -> StoreTexts:
+        """Every text as a read-only sequence decoded on access: a `Sequence[str]` that holds no string."""
+        return StoreTexts(self)
 
     def batch(self, rows: np.ndarray | Sequence[int]) -> TokenBatch:
         rows = np.asarray(rows, dtype=np.int64)
@@ -215,7 +230,10 @@ def _build(records, sources, tokenizer, max_length, directory, duplicate_ids, sh
         if not ids:
             raise DataFormatError(names, None, None, "no records (every line is blank)")
         np.save(tmp / "lengths.npy", np.concatenate(lengths))
-        np.save(tmp / "ids.npy", np.array(ids))
+        id_array = np.array(ids)
+        del ids, row_of  # the Python objects of every id: not needed from here on
+        np.save(tmp / "ids.npy", id_array)
+        IdIndex.build(id_array, str(directory / "ids.npy")).write(tmp)
         np.save(tmp / "text_offsets.npy", np.frombuffer(offsets, dtype=np.int64))
         meta = {"sources": [str(p) for p in sources], "max_length": max_length, "pad_id": pad_id}
         (tmp / "meta.json").write_text(json.dumps(meta))
@@ -232,3 +250,21 @@ def _build(records, sources, tokenizer, max_length, directory, duplicate_ids, sh
     if first_empty is not None:
         log.warning("%s: %d empty texts kept (first: id %r at %s)", names, empty, first_empty.id,
                     _where(first_empty.path, first_empty.line, sources))
+
+
+class StoreTexts(Sequence):
+    """A store's texts in row order, each decoded when read (`TokenStore.text_sequence`)."""
+
+    def __init__(self, store: TokenStore) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, row: int) -> str:
+        if not -len(self) <= row < len(self):
+            raise IndexError(f"row {row} of a store of {len(self)}")
+        return self.store.text(row % len(self))
+
+    def __iter__(self) -> Iterator[str]:
+        return self.store.texts()

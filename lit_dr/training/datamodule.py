@@ -21,6 +21,7 @@ from lit_dr.data.formats import (
     resolve_dataset,
     split_dev,
 )
+from lit_dr.data.judgment_table import JudgmentTable, QueriesOfDoc, merge
 from lit_dr.data.judgments import given_negatives, load_qrels, warn_overlap
 from lit_dr.data.sampling import EpochSampler, NegativesTable, QueryShardSampler, draw_rows
 from lit_dr.data.split_files import qrels_file
@@ -134,7 +135,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self._resume_consumed = 0
         self.sampler: EpochSampler | None = None
         self.negatives = NegativesTable({})
-        self._queries_of_doc: dict[bool, dict[int, set[int]]] = {}  # positives only? -> doc row -> query rows
+        self._queries_of_doc: dict[bool, QueriesOfDoc] = {}  # positives only? -> doc row -> query rows
         self._checked_query_pools: NegativesTable | None = None
         self._files: DatasetFiles | None = None
         self._loaded = False  # stores, splits and judgments: set together, only by a `setup` that succeeds
@@ -225,20 +226,18 @@ class RetrievalDataModule(L.LightningDataModule):
         corpus = self._store("corpus")
         queries = self._store("queries")
         split_rows: dict[str, np.ndarray] = {}
-        judgments: dict[str, dict[int, dict[int, int]]] = {}  # split -> query row -> {corpus row: grade}
+        judgments: dict[str, JudgmentTable] = {}  # split -> query row -> {corpus row: grade}
         empty_because: dict[str, str] = {}
         for split, path in self.files.qrels.items():
-            judgments[split] = {}
-            split_rows[split], why = load_qrels(path, corpus, queries, judgments[split])
+            judgments[split], split_rows[split], why = load_qrels(path, corpus, queries)
             if not len(split_rows[split]):
                 empty_because[split] = f"{path}: {why}"
         if "dev" not in split_rows and len(split_rows.get("train", ())):
             train_rows = split_rows["train"]
             train_ids, dev_ids = split_dev([str(queries.ids[r]) for r in train_rows],
                                            self.hparams.dev_fraction, self.hparams.seed)
-            split_rows["train"] = np.array([queries.row_of[i] for i in train_ids], dtype=np.int64)
-            split_rows["dev"] = np.array([queries.row_of[i] for i in dev_ids], dtype=np.int64)
-            judgments["dev"] = {r: judgments["train"][r] for r in split_rows["dev"].tolist()}
+            split_rows["train"], split_rows["dev"] = queries.rows(train_ids), queries.rows(dev_ids)
+            judgments["dev"] = judgments["train"].subset(split_rows["dev"])
             if not dev_ids:
                 empty_because["dev"] = (f"no qrels/dev file, and dev_fraction {self.hparams.dev_fraction} of "
                                         f"{len(train_rows)} training queries rounds to 0")
@@ -247,14 +246,11 @@ class RetrievalDataModule(L.LightningDataModule):
         warn_overlap(split_rows, self.files.qrels)
         # One query may be judged in two splits' files, differently: each split keeps its own judgments;
         # `relevance` (training: positives, negatives to exclude) prefers the training split's.
-        relevance: dict[int, dict[int, int]] = {}
-        for split in sorted(judgments, key=lambda name: name == "train"):
-            relevance.update(judgments[split])
+        relevance = merge([judgments[split] for split in sorted(judgments, key=lambda name: name == "train")])
         # Assigned together, last: a failure above leaves the object as it was.
         self.corpus, self.queries, self.split_rows, self.relevance = corpus, queries, split_rows, relevance
         self.judgments = judgments
-        self.positives = {q: np.array([d for d, g in rel.items() if g > 0], dtype=np.int64)
-                          for q, rel in relevance.items()}
+        self.positives = relevance.positives()  # query row -> (n,) its relevant corpus rows, in qrels order
         self._empty_because, self._queries_of_doc = empty_because, {}
         self._loaded, self._initial_negatives_set = True, False
         self._corpus_index = None
@@ -353,7 +349,8 @@ class RetrievalDataModule(L.LightningDataModule):
         from lit_dr.mining.miners import Ranking, UniformMiner
 
         depth = self.hparams.bm25_depth
-        scores, ranked = bm25_search(list(self.corpus.texts()), list(self.queries.texts(train.tolist())), k=depth,
+        # The corpus as a lazy sequence: with the BM25 index cached, its texts are only streamed through the key.
+        scores, ranked = bm25_search(self.corpus.text_sequence(), list(self.queries.texts(train.tolist())), k=depth,
                                      cache_dir=self.cache_dir / "bm25", show_progress=self.hparams.show_progress)
         # The table keeps every usable row, in rank order (num=None); batches draw from it.
         mined = UniformMiner()(Ranking(train, ranked, scores), self.excluded_docs(train),
@@ -426,9 +423,12 @@ class RetrievalDataModule(L.LightningDataModule):
         random top-up, the refresh and the in-batch mask (`TrainBatch.excluded`, across processes too)."""
         option = self.hparams.exclude_from_negatives
         if option == "judged":
-            return [set(self.relevance.get(int(q), ())) for q in query_rows]
+            # From a dict, as before: CPython sizes a set built from a dict differently, so its iteration order
+            # (not its members) would otherwise change.
+            return [set(dict.fromkeys(self.relevance.docs_of(int(q)).tolist())) for q in query_rows]
         if option == "positives":
-            return [{d for d, g in self.relevance.get(int(q), {}).items() if g > 0} for q in query_rows]
+            empty = np.empty(0, dtype=np.int64)
+            return [set(self.positives.get(int(q), empty).tolist()) for q in query_rows]
         raise ValueError(f"exclude_from_negatives={option!r}: expected 'positives' or 'judged'")
 
     def relevance_for(self, query_rows: np.ndarray, split: str | None = None) -> list[dict[int, int]]:
@@ -497,13 +497,8 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def _queries_judging(self, doc_row: int, positives_only: bool) -> set[int]:
         if positives_only not in self._queries_of_doc:
-            index: dict[int, set[int]] = {}
-            for q, rel in self.relevance.items():
-                for d, g in rel.items():
-                    if g > 0 or not positives_only:
-                        index.setdefault(d, set()).add(q)
-            self._queries_of_doc[positives_only] = index
-        return self._queries_of_doc[positives_only].get(doc_row, set())
+            self._queries_of_doc[positives_only] = self.relevance.queries_of_docs(positives_only)
+        return self._queries_of_doc[positives_only].get(doc_row)  # a new set, in the judgments' order
 
     def _warn_short_query_pools(self, k: int) -> None:
         """Once per negatives table: how many positive documents of the training queries have fewer than `k`
