@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -142,6 +143,11 @@ def result(name: str, out: Path) -> tuple[dict[str, float], int, Path] | None:
             step = int(rows[-1]["step"]) + 1  # the CSV logs the step before the increment
             trec = sorted(metrics_csv.parent.glob("runs/dev-step*.trec"), key=lambda p: int(p.stem.split("step")[1]))
             return {k: float(rows[-1][f"val/{k}"]) for k in METRICS}, step, trec[-1]
+    for summary in sorted((out / name).glob("*/*/fit.json")):  # a run of another logger (W&B): the CLI's summary
+        fit = json.loads(summary.read_text())
+        if fit.get("run_file") and all(f"val/{k}" in fit.get("metrics", {}) for k in METRICS):
+            trec = summary.parent / "runs" / Path(fit["run_file"]).name
+            return {k: float(fit["metrics"][f"val/{k}"]) for k in METRICS}, int(fit["global_step"]), trec
     return None
 
 
