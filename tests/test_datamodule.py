@@ -250,3 +250,32 @@ def test_msmarco_layout(tmp_path, tiny_model_dir, cache_dir):
     assert len(dm.split_rows["train"]) == 10 and [dm.queries.ids[r] for r in dm.split_rows["dev"]] == ["200"]
     assert dm.negatives.candidates[dm.queries.row_of["100"]].tolist() == [5, 8]
     assert dm.train_batch(dm.split_rows["train"][:2]).group_size == 2
+
+
+def test_msmarco_dev_small_validates_when_named(tmp_path, tiny_model_dir, cache_dir):
+    """MS MARCO's reported dev set is `qrels.dev.small.tsv`, a split named `dev.small`: without `dev_split` the
+    module carved a fifth of the training queries as dev and never looked at it."""
+    root = tmp_path / "marco"
+    root.mkdir()
+    (root / "collection.tsv").write_text("".join(f"{i}\tt{i % 8}w1 t{i % 8}w2 filler\n" for i in range(20)))
+    (root / "queries.train.tsv").write_text("".join(f"{100 + i}\tt{i % 8}w1\n" for i in range(10)))
+    (root / "queries.dev.tsv").write_text("200\tt3w2\n201\tt4w2\n")
+    (root / "queries.dev.small.tsv").write_text("201\tt4w2\n")
+    (root / "qrels.train.tsv").write_text("".join(f"{100 + i}\t0\t{i}\t1\n" for i in range(10)))
+    (root / "qrels.dev.tsv").write_text("200\t0\t3\t1\n201\t0\t4\t1\n")
+    (root / "qrels.dev.small.tsv").write_text("201\t0\t4\t1\n")
+    dm = make_dm(root, tiny_model_dir, cache_dir, dev_split="dev.small")
+    assert len(dm.split_rows["train"]) == 10  # nothing carved out of training
+    assert [dm.queries.ids[r] for r in dm.split_rows["dev"]] == ["201"]  # dev.small, not the full dev
+    assert "dev.small" not in dm.split_rows
+    dm.write_split("dev", tmp_path / "written")
+    about = json.loads((tmp_path / "written" / "split.json").read_text())
+    assert about["source"].endswith("qrels.dev.small.tsv") and about["carved_from_train"] is False
+    with pytest.raises(ValueError, match=r"dev_split=dev\.smal: .* has no qrels file of that split \(it has: "
+                                         r"dev, dev\.small, train\)"):
+        make_dm(root, tiny_model_dir, cache_dir, dev_split="dev.smal")
+    # the same id with another text in a second file is still a conflict
+    (root / "queries.dev.small.tsv").write_text("201\tanother text\n")
+    with pytest.raises(DataFormatError, match=r"queries.dev.tsv:2: field 'id': duplicate id '201' "
+                                              r"\(first at queries.dev.small.tsv:1\)"):
+        make_dm(root, tiny_model_dir, cache_dir, dev_split="dev.small")

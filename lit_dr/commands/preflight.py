@@ -47,7 +47,7 @@ def check_dataset(data: Namespace | None) -> None:
         return
     args = (data.dataset, data.get("data_root"), data.get("cache_dir"))
     try:
-        RetrievalDataModule.locate(*args, download=False)
+        files = RetrievalDataModule.locate(*args, download=False)
     except FileNotFoundError as missing:
         close = near_names(data.dataset, data.get("data_root"), data.get("cache_dir"))
         if close:  # a typo of a data set that is here: say so now, rather than try a download of the typo
@@ -56,11 +56,15 @@ def check_dataset(data: Namespace | None) -> None:
         if not data.get("download", True) or not first_process():
             raise SetupError(f"--data.dataset={data.dataset}: {missing}") from None
         try:  # a BEIR name not here yet: fetched now, as prepare_data would, so a wrong name fails now
-            RetrievalDataModule.locate(*args, download=True)
+            files = RetrievalDataModule.locate(*args, download=True)
         except (OSError, RuntimeError) as error:
             raise SetupError(f"--data.dataset={data.dataset}: {error}") from None
     except ValueError as error:
         raise SetupError(f"--data.dataset={data.dataset}: {error}") from None
+    dev_split = data.get("dev_split") or "dev"
+    if dev_split != "dev" and dev_split not in files.qrels:
+        raise SetupError(f"--data.dev_split={dev_split}: {files.root} has no qrels file of that split (it has: "
+                         f"{', '.join(sorted(files.qrels)) or 'none'})")
     if data.get("test_qrels"):
         from lit_dr.data.split_files import qrels_file
         try:

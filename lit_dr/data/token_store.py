@@ -180,7 +180,7 @@ def _build(records, sources, tokenizer, max_length, directory, duplicate_ids, sh
         # where its text ends in texts.bin.
         source_index, lines, offsets = array("h"), array("q"), array("q", [0])
         file_index = {p: i for i, p in enumerate(sources)}
-        duplicates, empty = 0, 0  # counted, and the first of each kept for the warning
+        duplicates, empty, repeats = 0, 0, 0  # counted, and the first of each kept for the warning
         first_duplicate: tuple[TextRecord, int] | None = None
         first_empty: TextRecord | None = None
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -203,8 +203,20 @@ def _build(records, sources, tokenizer, max_length, directory, duplicate_ids, sh
             def where(row: int) -> str:
                 return _where(sources[source_index[row]], lines[row], sources)
 
+            def same_text(row: int, text: str) -> bool:  # read back from texts.bin: repeats are rare
+                texts_out.flush()
+                with open(tmp / "texts.bin", "rb") as f:
+                    f.seek(offsets[row])
+                    return f.read(offsets[row + 1] - offsets[row]) == text.encode("utf-8")
+
             for rec in records:
                 if rec.id in row_of:
+                    # The same query in two files (MS MARCO's queries.dev.small.tsv is part of queries.dev.tsv) is
+                    # one record, not a conflict: kept once, counted. A repeated id with another text is a conflict.
+                    first = row_of[rec.id]
+                    if file_index.get(rec.path, 0) != source_index[first] and same_text(first, rec.text):
+                        repeats += 1
+                        continue
                     if duplicate_ids == "error":
                         path = rec.path or sources[0]
                         problem = f"duplicate id {rec.id!r} (first at {where(row_of[rec.id])})"
@@ -242,6 +254,8 @@ def _build(records, sources, tokenizer, max_length, directory, duplicate_ids, sh
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if repeats:
+        log.info("%s: %d ids repeated in another file with the same text, kept once", names, repeats)
     if first_duplicate is not None:
         dup, kept = first_duplicate
         log.warning("%s: %d duplicate ids skipped, first occurrence kept (first duplicate: %r at %s, kept from %s)",

@@ -83,7 +83,10 @@ class RetrievalDataModule(L.LightningDataModule):
             this data set's queries, or a folder holding one, such as a run's `dev/` (`lit-dr test --ckpt_path ...
             --data.test_qrels=runs/lit-dr/<run>/dev` scores that run's carved dev split again). A test query that is
             also a training query is reported (`warn_overlap`).
-        dev_fraction: when the data set has no `qrels/dev.tsv`, this share of training queries (chosen by
+        dev_split: the qrels split that validates, read as the split `dev` (MS MARCO: `dev.small`, its
+            `qrels.dev.small.tsv` of 6,980 queries; its full `qrels.dev.tsv`, if present, is then not loaded). A name
+            the data set has no qrels file for is an error naming the files it has.
+        dev_fraction: when the data set has no qrels file of `dev_split`, this share of training queries (chosen by
             `split_dev`, identical on every machine) becomes the dev split and leaves training.
         seed: seeds that choice of dev queries (and, unless `sampling_seed` is given, the batches).
         sampling_seed: seeds the batch order and the draws of positives and negatives; None (default): `seed`.
@@ -116,6 +119,7 @@ class RetrievalDataModule(L.LightningDataModule):
         teacher_scores: str | None = None,
         exclude_from_negatives: Literal["positives", "judged"] = "positives",
         test_qrels: str | None = None,
+        dev_split: str = "dev",
         dev_fraction: float = 0.2,
         seed: int = 0,
         sampling_seed: int | None = None,
@@ -221,6 +225,18 @@ class RetrievalDataModule(L.LightningDataModule):
                 self.set_negatives(self._initial_negatives())
                 self._initial_negatives_set = True
 
+    def _qrels_files(self) -> dict[str, Path]:
+        """The qrels file of each split, `dev_split`'s under the name `dev` (the split that validates)."""
+        qrels = dict(self.files.qrels)
+        dev_split = self.hparams.get("dev_split", "dev")
+        if dev_split != "dev":
+            if dev_split not in qrels:
+                raise ValueError(f"--data.dev_split={dev_split}: {self.files.root} has no qrels file of that split "
+                                 f"(it has: {', '.join(sorted(qrels)) or 'none'})")
+            qrels.pop("dev", None)
+            qrels["dev"] = qrels.pop(dev_split)
+        return qrels
+
     def _load(self) -> None:
         self._files = None  # the directory may have been fixed since a failed call
         corpus = self._store("corpus")
@@ -228,7 +244,7 @@ class RetrievalDataModule(L.LightningDataModule):
         split_rows: dict[str, np.ndarray] = {}
         judgments: dict[str, JudgmentTable] = {}  # split -> query row -> {corpus row: grade}
         empty_because: dict[str, str] = {}
-        for split, path in self.files.qrels.items():
+        for split, path in self._qrels_files().items():
             judgments[split], split_rows[split], why = load_qrels(path, corpus, queries)
             if not len(split_rows[split]):
                 empty_because[split] = f"{path}: {why}"
@@ -243,7 +259,7 @@ class RetrievalDataModule(L.LightningDataModule):
                                         f"{len(train_rows)} training queries rounds to 0")
             log.info("no qrels/dev.tsv: carved %d dev queries out of %d training queries (fraction %.2f, seed %d)",
                      len(dev_ids), len(train_rows), self.hparams.dev_fraction, self.hparams.seed)
-        warn_overlap(split_rows, self.files.qrels)
+        warn_overlap(split_rows, self._qrels_files())
         # One query may be judged in two splits' files, differently: each split keeps its own judgments;
         # `relevance` (training: positives, negatives to exclude) prefers the training split's.
         relevance = merge([judgments[split] for split in sorted(judgments, key=lambda name: name == "train")])
@@ -404,9 +420,10 @@ class RetrievalDataModule(L.LightningDataModule):
         judged = self.judgments.get(split, {})
         judgments = {qid: {str(self.corpus.ids[d]): int(g) for d, g in judged.get(int(r), {}).items()}
                      for qid, r in zip(ids, rows.tolist(), strict=True)}
-        carved = split == "dev" and "dev" not in self.files.qrels
+        qrels = self._qrels_files()
+        carved = split == "dev" and "dev" not in qrels
         about = {"split": split, "queries": len(ids), "dataset": str(self.files.root),
-                 "source": str(self.files.qrels["train" if carved else split]), "carved_from_train": carved,
+                 "source": str(qrels["train" if carved else split]), "carved_from_train": carved,
                  **({"dev_fraction": self.hparams.dev_fraction, "seed": self.hparams.seed} if carved else {})}
         return write_split(directory, zip(ids, self.queries.texts(rows.tolist()), strict=True), judgments, about)
 
