@@ -32,18 +32,22 @@ def build_tiny_bert(path: str | Path, seed: int = 0) -> str:
     The vocabulary: BERT's specials, `vocabulary_words()`, and the letters and digits with their "##" forms, so
     any lower-case text tokenizes. `seed` seeds the weights. Returns `path` as a string.
     """
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    return _save_tiny_bert(path, specials + vocabulary_words() + chars + [f"##{c}" for c in chars], seed, 128)
+
+
+def _save_tiny_bert(path: str | Path, vocab: list[str], seed: int, max_positions: int) -> str:
+    """A WordPiece tokenizer of `vocab` and a BERT of 2 layers, width 32, 2 heads, weights seeded by `seed`."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
-    vocab = specials + vocabulary_words() + chars + [f"##{c}" for c in chars]
     BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(path)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+                        intermediate_size=64, max_position_embeddings=max_positions)
     BertModel(config).save_pretrained(path)
     return str(path)
 
@@ -171,20 +175,10 @@ def build_word_bert(path: str | Path, words: Sequence[str], seed: int = 0) -> st
     """`build_tiny_bert`'s model (2 layers, width 32, 2 heads) with `words` as whole-word tokens beside BERT's
     specials and the letters and digits (with their "##" forms): a generated corpus of `words` tokenizes one token
     per word, as real text does about 1.3. Returns `path` as a string."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
     vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars),
                                 *words]))
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(path)
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
-    BertModel(config).save_pretrained(path)
-    return str(path)
+    return _save_tiny_bert(path, vocab, seed, 512)
 
 
 def lognormal_lengths(rng: np.random.Generator, n: int, mean: float, sigma: float, lo: int, hi: int) -> np.ndarray:
