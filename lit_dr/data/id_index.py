@@ -105,6 +105,7 @@ class IdIndex:
         at = int(np.searchsorted(self.keys, encoded, side="right")) - 1
         return int(self.row_at[at]) if at >= 0 and self.keys[at] == encoded else default
 
+
 class RowMap(Mapping):
     """`TokenStore.row_of`: id -> row as a read-only mapping over an `IdIndex` (iterated in row order), for code
     that looks up one id at a time; bulk lookups should call `IdIndex.find` or `rows`."""
