@@ -16,7 +16,8 @@ on the data module where lit-dr has no command for it), under `nice`, with OMP_N
   bm25          bm25s over the corpus for the training queries -> negatives.train.tsv (lit_dr's given negatives)
   train         lit-dr fit configs/bm25neg.yaml, negatives: file (bm25's; random without it), --steps steps
   refresh       lit-dr fit configs/ance.yaml from train's checkpoint: one NegativeRefresh before the first step
-  dev_eval      lit-dr test on qrels.dev.small.tsv (--data.test_qrels; lit_dr's "dev" split is carved from train)
+                (--query-chunks K: it mines a K-th of the training queries, ANCE's ann_chunk_factor)
+  dev_eval      lit-dr validate on qrels.dev.small.tsv (--data.dev_split=dev.small, as configs/data/msmarco.yaml)
   ltre          lit-dr fit configs/ltre.yaml from train's checkpoint: the fixed index, then --steps steps
   index/search  lit-dr index (Flat) of collection.tsv, lit-dr search of queries.dev.small.tsv
   ivf_recall    recall@10/100 of IVF{sqrt N},Flat at each --nprobe against exact Flat search, with both times
@@ -223,7 +224,7 @@ class Rehearsal:
         params = {"nprobe": a.nprobe} if a.nprobe and "IVF" in a.index_factory else None
         callbacks = [{"class_path": "lit_dr.NegativeRefresh", "init_args": {
             "every_n_steps": 10_000, "before_first_step": True, "index_factory": a.index_factory,
-            "search_params": params, "table_dir": str(self.runs / "refresh" / "negatives")}}]
+            "search_params": params, "query_chunks": a.query_chunks, "table_dir": str(self.runs / "refresh" / "negatives")}}]
 
         def run():
             result = self.fit("refresh", "ance", self.checkpoint("train"), {**self.steps(), "callbacks": callbacks},
@@ -232,14 +233,15 @@ class Rehearsal:
             times = "; ".join(f"{k[5:-2]} {v:.1f} s" for k, v in record.items() if k.startswith("time_"))
             return {**result, "timings": f"refreshes.jsonl: {times}"}
 
-        self.measure("refresh", run, f"ANCE, refresh before step 1 ({a.index_factory}), {a.steps} steps")
+        share = f", 1/{a.query_chunks} of the training queries" if a.query_chunks > 1 else ""
+        self.measure("refresh", run, f"ANCE, refresh before step 1 ({a.index_factory}{share}), {a.steps} steps")
 
     def phase_dev_eval(self) -> None:
-        qrels = str(self.data / "qrels.dev.small.tsv")
-        extra = (f"--ckpt_path={self.checkpoint('refresh')}", f"--data.test_qrels={qrels}", "--best_checkpoint=null")
-        self.measure("dev_eval", lambda: {**self.fit("dev_eval", "ance", None, {}, command="test", extra=extra),
-                                          "notes": "lit-dr test on qrels.dev.small.tsv (exact search): "
-                                                   + self.logged("dev_eval", "test metrics")})
+        extra = (f"--ckpt_path={self.checkpoint('refresh')}", "--best_checkpoint=null")
+        self.measure("dev_eval", lambda: {**self.fit("dev_eval", "ance", None, {}, data={"dev_split": "dev.small"},
+                                                     command="validate", extra=extra),
+                                          "notes": "lit-dr validate on dev.small (exact search): "
+                                                   + self.logged("dev_eval", "dev metrics")})
 
     def phase_ltre(self) -> None:
         self.measure("ltre", lambda: self.fit("ltre", "ltre", self.checkpoint("train"), self.steps(),
@@ -378,6 +380,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each process")
     p.add_argument("--index-factory", default="Flat", help="the refresh's FAISS index, e.g. IVF4096,Flat")
     p.add_argument("--nprobe", type=int, default=None, help="the refresh's nprobe with an IVF index")
+    p.add_argument("--query-chunks", type=int, default=1, help="the refresh mines 1/K of the training queries")
     p.add_argument("--nprobes", type=int, nargs="+", default=[32, 64], help="ivf_recall's nprobe values")
     p.add_argument("--ivf-queries", type=int, default=1000)
     p.add_argument("--steps", type=int, default=4)
