@@ -17,6 +17,7 @@ on the data module where lit-dr has no command for it), under `nice`, with OMP_N
   train         lit-dr fit configs/bm25neg.yaml, negatives: file (bm25's; random without it), --steps steps
   refresh       lit-dr fit configs/ance.yaml from train's checkpoint: one NegativeRefresh before the first step
                 (--query-chunks K: it mines a K-th of the training queries, ANCE's ann_chunk_factor)
+  refresh_ivf   the same refresh with IVF{sqrt N},Flat at --nprobe (default 32): its time beside the exact one
   dev_eval      lit-dr validate on qrels.dev.small.tsv (--data.dev_split=dev.small, as configs/data/msmarco.yaml)
   ltre          lit-dr fit configs/ltre.yaml from train's checkpoint: the fixed index, then --steps steps
   index/search  lit-dr index (Flat) of collection.tsv, lit-dr search of queries.dev.small.tsv
@@ -49,8 +50,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ("generate", "prepare_data", "setup", "bm25", "train", "refresh", "dev_eval", "ltre", "index", "search",
-          "ivf_recall")
+PHASES = ("generate", "prepare_data", "setup", "bm25", "train", "refresh", "refresh_ivf", "dev_eval", "ltre", "index",
+          "search", "ivf_recall")
 DIM, DOC_LEN, QUERY_LEN, BM25_DEPTH, NEGATIVES = 768, 128, 32, 100, 20
 MB = 2**20
 
@@ -220,21 +221,34 @@ class Rehearsal:
                      f"bm25neg, {self.args.steps} steps of {self.args.batch_size} queries, negatives: {negatives}")
 
     def phase_refresh(self) -> None:
+        self.refresh("refresh", self.args.index_factory, self.args.nprobe)
+
+    def phase_refresh_ivf(self) -> None:
+        nlist = max(1, round(math.sqrt(self.passages())))
+        self.refresh("refresh_ivf", f"IVF{nlist},Flat", self.args.nprobe or 32)
+
+    def passages(self) -> int:
+        with open(self.data / "collection.tsv", "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
+
+    def refresh(self, name: str, index_factory: str, nprobe: int | None) -> None:
+        """ANCE from train's checkpoint with one NegativeRefresh before its first step, on `index_factory`."""
         a = self.args
-        params = {"nprobe": a.nprobe} if a.nprobe and "IVF" in a.index_factory else None
+        params = {"nprobe": nprobe} if nprobe and "IVF" in index_factory else None
         callbacks = [{"class_path": "lit_dr.NegativeRefresh", "init_args": {
-            "every_n_steps": 10_000, "before_first_step": True, "index_factory": a.index_factory,
-            "search_params": params, "query_chunks": a.query_chunks, "table_dir": str(self.runs / "refresh" / "negatives")}}]
+            "every_n_steps": 10_000, "before_first_step": True, "index_factory": index_factory,
+            "search_params": params, "query_chunks": a.query_chunks, "table_dir": str(self.runs / name / "negatives")}}]
 
         def run():
-            result = self.fit("refresh", "ance", self.checkpoint("train"), {**self.steps(), "callbacks": callbacks},
+            result = self.fit(name, "ance", self.checkpoint("train"), {**self.steps(), "callbacks": callbacks},
                               extra=("--best_checkpoint=null",))
-            record = json.loads((self.runs / "refresh" / "negatives" / "refreshes.jsonl").read_text().splitlines()[0])
+            record = json.loads((self.runs / name / "negatives" / "refreshes.jsonl").read_text().splitlines()[0])
             times = "; ".join(f"{k[5:-2]} {v:.1f} s" for k, v in record.items() if k.startswith("time_"))
             return {**result, "timings": f"refreshes.jsonl: {times}"}
 
         share = f", 1/{a.query_chunks} of the training queries" if a.query_chunks > 1 else ""
-        self.measure("refresh", run, f"ANCE, refresh before step 1 ({a.index_factory}{share}), {a.steps} steps")
+        probe = f" nprobe {nprobe}" if params else ""
+        self.measure(name, run, f"ANCE, refresh before step 1 ({index_factory}{probe}{share}), {a.steps} steps")
 
     def phase_dev_eval(self) -> None:
         extra = (f"--ckpt_path={self.checkpoint('refresh')}", "--best_checkpoint=null")
@@ -379,7 +393,7 @@ def main() -> None:
     p.add_argument("--processes", type=int, choices=(1, 2), default=1, help="2: CPU DDP (configs/trainer/ddp_cpu)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each process")
     p.add_argument("--index-factory", default="Flat", help="the refresh's FAISS index, e.g. IVF4096,Flat")
-    p.add_argument("--nprobe", type=int, default=None, help="the refresh's nprobe with an IVF index")
+    p.add_argument("--nprobe", type=int, default=None, help="the refresh's nprobe with an IVF index (refresh_ivf: 32)")
     p.add_argument("--query-chunks", type=int, default=1, help="the refresh mines 1/K of the training queries")
     p.add_argument("--nprobes", type=int, nargs="+", default=[32, 64], help="ivf_recall's nprobe values")
     p.add_argument("--ivf-queries", type=int, default=1000)
