@@ -14,6 +14,8 @@ on the data module where lit-dr has no command for it), under `nice`, with OMP_N
 
   prepare_data  tokenize collection + queries into the token store      setup   judgments, carved dev split
   bm25          bm25s over the corpus for the training queries -> negatives.train.tsv (lit_dr's given negatives)
+  random_negatives  instead of bm25 (its retrieval did not finish in 35 CPU minutes at 1M passages, one thread):
+                20 random unjudged passages per training query in the same file, so `negatives: file` runs at size
   train         lit-dr fit configs/bm25neg.yaml, negatives: file (bm25's; random without it), --steps steps
   refresh       lit-dr fit configs/ance.yaml from train's checkpoint: one NegativeRefresh before the first step
                 (--query-chunks K: it mines a K-th of the training queries, ANCE's ann_chunk_factor)
@@ -50,7 +52,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ("generate", "prepare_data", "setup", "bm25", "train", "refresh", "refresh_ivf", "dev_eval", "ltre", "index",
+PHASES = ("generate", "prepare_data", "setup", "bm25", "random_negatives", "train", "refresh", "refresh_ivf", "dev_eval", "ltre", "index",
           "search", "ivf_recall")
 DIM, DOC_LEN, QUERY_LEN, BM25_DEPTH, NEGATIVES = 768, 128, 32, 100, 20
 MB = 2**20
@@ -213,6 +215,9 @@ class Rehearsal:
     def phase_bm25(self) -> None:
         self.measure("bm25", lambda: self.worker("bm25"), f"bm25s top {BM25_DEPTH} -> negatives.train.tsv")
 
+    def phase_random_negatives(self) -> None:
+        self.measure("random_negatives", lambda: self.worker("random_negatives"), "20 random unjudged passages per query")
+
     def phase_train(self) -> None:
         # Without the bm25 phase's file (--phases without bm25): random negatives, so the later phases can still run.
         negatives = "file" if (self.data / "negatives.train.tsv").exists() else "none"
@@ -343,6 +348,29 @@ def work_bm25(args: argparse.Namespace, out: Path) -> None:
         for q, row, excluded in zip(train.tolist(), ranked.tolist(), dm.excluded_docs(train), strict=True):
             kept = [str(dm.corpus.ids[d]) for d in row if d >= 0 and d not in excluded][:NEGATIVES]
             f.write(f"{dm.queries.ids[q]}\t{','.join(kept)}\n")
+
+
+def work_random_negatives(args: argparse.Namespace, out: Path) -> None:
+    """negatives.train.tsv as work_bm25 writes it, of NEGATIVES random passages per training query none of which
+    is judged for it (drawn with a few spares, then the judged ones dropped)."""
+    import numpy as np
+
+    from lit_dr.files import atomic_file
+
+    root = out / "data"
+    with open(root / "collection.tsv") as f:
+        pids = np.array([line.split("\t", 1)[0] for line in f])
+    judged: dict[str, set[str]] = {}
+    with open(root / "qrels.train.tsv") as f:
+        for line in f:
+            q, _, d, _ = line.split()
+            judged.setdefault(q, set()).add(d)
+    rng = np.random.default_rng(args.seed)
+    with open(root / "queries.train.tsv") as queries, atomic_file(root / "negatives.train.tsv") as f:
+        for line in queries:
+            q = line.split("\t", 1)[0]
+            kept = [p for p in pids[rng.integers(0, len(pids), NEGATIVES + 4)] if p not in judged.get(q, ())]
+            f.write(f"{q}\t{','.join(kept[:NEGATIVES])}\n")
 
 
 def work_ivf_recall(args: argparse.Namespace, out: Path) -> None:
