@@ -19,12 +19,14 @@ on the data module where lit-dr has no command for it), under `nice`, with OMP_N
   train         lit-dr fit configs/bm25neg.yaml, negatives: file (bm25's; random without it), --steps steps
   refresh       lit-dr fit configs/ance.yaml from train's checkpoint: one NegativeRefresh before the first step
                 (--query-chunks K: it mines a K-th of the training queries, ANCE's ann_chunk_factor)
-  refresh_ivf   the same refresh with IVF{sqrt N},Flat at --nprobe (default 32): its time beside the exact one
+  refresh_ivf   the same refresh with IVF{sqrt N},<--ivf-codec> at --nprobe (default 32): its time beside the exact
+                one (codec Flat holds N x 768 x 4 bytes, 27 GB at 8.8M; SQ8 a quarter of that)
   dev_eval      lit-dr validate on qrels.dev.small.tsv (--data.dev_split=dev.small, as configs/data/msmarco.yaml)
   ltre          lit-dr fit configs/ltre.yaml from train's checkpoint: the fixed index, then --steps steps
   index/search  lit-dr index (Flat) of collection.tsv, lit-dr search of queries.dev.small.tsv
-  ivf_recall    recall@10/100 of IVF{sqrt N},Flat at each --nprobe against exact Flat search, with both times
-                (holds the embeddings twice in memory, 2 x N x 768 x 4 bytes: 6 GB at 1M, too much at 8.8M)
+  ivf_recall    recall@10/100 of IVF{sqrt N},<--ivf-codec> at each --nprobe against exact search (lit_dr's, streamed
+                over the memory-mapped files), with both times, on the embeddings of --recall-on: the index phase's,
+                or refresh_ivf's (made by train's checkpoint: no third encoding of the corpus at 8.8M)
 
 Per phase: wall time; CPU seconds of the phase's processes (polled from /proc/<pid>/stat: on a shared machine the
 figure to compare, as wall time includes waiting for the CPU); peak anonymous memory (RssAnon of
@@ -114,6 +116,11 @@ class PeakMemory:
         return max(self.peaks.values(), default=0) / 1024, len(self.peaks), sum(self.cpu.values())
 
 
+def last_checkpoint(run: Path) -> str:
+    """The last checkpoint of the newest fit under `run` (its fit.json)."""
+    return json.loads(max(run.glob("**/fit.json"), key=os.path.getmtime).read_text())["last_model_path"]
+
+
 def du_mb(path: Path) -> float:
     return int(subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True).stdout.split()[0]) / 1024
 
@@ -195,8 +202,7 @@ class Rehearsal:
         return next((line for line in reversed(lines) if line and line.startswith(start)), "")
 
     def checkpoint(self, name: str) -> str:
-        outcome = json.loads(max((self.runs / name).glob("**/fit.json"), key=os.path.getmtime).read_text())
-        return outcome["last_model_path"]
+        return last_checkpoint(self.runs / name)
 
     def steps(self) -> dict:
         return {"max_steps": self.args.steps, "limit_val_batches": 0}
@@ -230,7 +236,7 @@ class Rehearsal:
 
     def phase_refresh_ivf(self) -> None:
         nlist = max(1, round(math.sqrt(self.passages())))
-        self.refresh("refresh_ivf", f"IVF{nlist},Flat", self.args.nprobe or 32)
+        self.refresh("refresh_ivf", f"IVF{nlist},{self.args.ivf_codec}", self.args.nprobe or 32)
 
     def passages(self) -> int:
         with open(self.data / "collection.tsv", "rb") as f:
@@ -373,8 +379,17 @@ def work_random_negatives(args: argparse.Namespace, out: Path) -> None:
             f.write(f"{q}\t{','.join(kept[:NEGATIVES])}\n")
 
 
+def recall_inputs(args: argparse.Namespace, out: Path) -> tuple[str, Path]:
+    """(model, embedding directory) that ivf_recall measures: the index phase's, or refresh_ivf's corpus embeddings
+    (encoded before its first step, so by the train phase's checkpoint, which it starts from)."""
+    if args.recall_on == "index":
+        return json.loads((out / "index" / "index.json").read_text())["model"], out / "index" / "embeddings"
+    return last_checkpoint(out / "runs" / "train"), max((out / "runs" / "refresh_ivf").glob("**/embeddings/corpus-*"))
+
+
 def work_ivf_recall(args: argparse.Namespace, out: Path) -> None:
-    """Recall of IVF{sqrt N},Flat against exact Flat for a sample of queries, embedded by the index's model."""
+    """Recall of IVF{sqrt N},<codec> against exact search for a sample of queries, embedded by the model that made
+    the embeddings. Both read the memory-mapped embeddings: the IVF index is the only copy held in memory."""
     import numpy as np
     import torch
 
@@ -384,22 +399,25 @@ def work_ivf_recall(args: argparse.Namespace, out: Path) -> None:
     from lit_dr.index.embeddings import EmbeddingShards
     from lit_dr.index.encoding import encode_store
     from lit_dr.index.faiss_index import build_index, search
+    from lit_dr.index.search import exact_search_stream
 
-    manifest = json.loads((out / "index" / "index.json").read_text())
-    tower, _ = load_towers(manifest["model"])
+    model, directory = recall_inputs(args, out)
+    tower, _ = load_towers(model)
     store = cached_store("queries", list(dataset_files(out / "data").queries), tower.tokenizer, QUERY_LEN,
                          out / "cache", show_progress=False)
     rows = np.sort(np.random.default_rng(args.seed).choice(len(store), min(args.ivf_queries, len(store)), False))
     with torch.inference_mode():
         queries = encode_store(tower.encode, store, rows, batch_size=256, show_progress=False).numpy()  # (Q, H)
-    docs = np.asarray(EmbeddingShards(out / "index" / "embeddings"))  # (N, H) float32, in memory
+    docs = EmbeddingShards(directory)  # (N, H), memory-mapped
     k, nlist = 100, max(1, round(math.sqrt(len(docs))))
+    factory = f"IVF{nlist},{args.ivf_codec}"
+    print(f"ivf_recall: {len(rows)} queries over {directory} ({model})", flush=True)
     start = time.perf_counter()
-    _, exact = search(build_index(docs, "Flat"), queries, k)
+    _, exact = exact_search_stream(docs, queries, k)
     flat_s = time.perf_counter() - start
     start = time.perf_counter()
-    ivf = build_index(docs, f"IVF{nlist},Flat")
-    parts = [f"{len(rows)} queries, N {len(docs):,}: Flat search {flat_s:.2f} s; IVF{nlist},Flat built "
+    ivf = build_index(docs, factory)
+    parts = [f"{len(rows)} queries, N {len(docs):,}: exact search {flat_s:.2f} s; {factory} built "
              f"{time.perf_counter() - start:.1f} s"]
     for nprobe in args.nprobes:
         start = time.perf_counter()
@@ -425,6 +443,9 @@ def main() -> None:
     p.add_argument("--query-chunks", type=int, default=1, help="the refresh mines 1/K of the training queries")
     p.add_argument("--nprobes", type=int, nargs="+", default=[32, 64], help="ivf_recall's nprobe values")
     p.add_argument("--ivf-queries", type=int, default=1000)
+    p.add_argument("--ivf-codec", default="Flat", help="refresh_ivf's and ivf_recall's IVF codes: Flat, SQ8, PQ96, ...")
+    p.add_argument("--recall-on", choices=("index", "refresh_ivf"), default="index",
+                   help="whose corpus embeddings ivf_recall measures")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-batch-size", type=int, default=512)
