@@ -118,7 +118,10 @@ class PeakMemory:
 
 def last_checkpoint(run: Path) -> str:
     """The last checkpoint of the newest fit under `run` (its fit.json)."""
-    return json.loads(max(run.glob("**/fit.json"), key=os.path.getmtime).read_text())["last_model_path"]
+    fits = list(run.glob("**/fit.json"))
+    if not fits:
+        raise SystemExit(f"msmarco_rehearsal: no fit under {run}: run the {run.name} phase first (--phases)")
+    return json.loads(max(fits, key=os.path.getmtime).read_text())["last_model_path"]
 
 
 def du_mb(path: Path) -> float:
@@ -253,7 +256,8 @@ class Rehearsal:
         def run():
             result = self.fit(name, "ance", self.checkpoint("train"), {**self.steps(), "callbacks": callbacks},
                               extra=("--best_checkpoint=null",))
-            record = json.loads((self.runs / name / "negatives" / "refreshes.jsonl").read_text().splitlines()[0])
+            # The last record: the table directory outlives a run, so a rerun into the same --out appends to it.
+            record = json.loads((self.runs / name / "negatives" / "refreshes.jsonl").read_text().splitlines()[-1])
             times = "; ".join(f"{k[5:-2]} {v:.1f} s" for k, v in record.items() if k.startswith("time_"))
             return {**result, "timings": f"refreshes.jsonl: {times}"}
 
@@ -262,7 +266,9 @@ class Rehearsal:
         self.measure(name, run, f"ANCE, refresh before step 1 ({index_factory}{probe}{share}), {a.steps} steps")
 
     def phase_dev_eval(self) -> None:
-        extra = (f"--ckpt_path={self.checkpoint('refresh')}", "--best_checkpoint=null")
+        # The refresh phase's model, or refresh_ivf's where only that one ran.
+        source = "refresh" if (self.runs / "refresh").exists() else "refresh_ivf"
+        extra = (f"--ckpt_path={self.checkpoint(source)}", "--best_checkpoint=null")
         self.measure("dev_eval", lambda: {**self.fit("dev_eval", "ance", None, {}, data={"dev_split": "dev.small"},
                                                      command="validate", extra=extra),
                                           "notes": "lit-dr validate on dev.small (exact search): "
