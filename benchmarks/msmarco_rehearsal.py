@@ -207,6 +207,10 @@ class Rehearsal:
     def checkpoint(self, name: str) -> str:
         return last_checkpoint(self.runs / name)
 
+    def refreshed_model(self) -> str:
+        """The refresh phase's checkpoint, or refresh_ivf's where only that one ran (dev_eval and index use it)."""
+        return self.checkpoint("refresh" if (self.runs / "refresh").exists() else "refresh_ivf")
+
     def steps(self) -> dict:
         return {"max_steps": self.args.steps, "limit_val_batches": 0}
 
@@ -266,9 +270,7 @@ class Rehearsal:
         self.measure(name, run, f"ANCE, refresh before step 1 ({index_factory}{probe}{share}), {a.steps} steps")
 
     def phase_dev_eval(self) -> None:
-        # The refresh phase's model, or refresh_ivf's where only that one ran.
-        source = "refresh" if (self.runs / "refresh").exists() else "refresh_ivf"
-        extra = (f"--ckpt_path={self.checkpoint(source)}", "--best_checkpoint=null")
+        extra = (f"--ckpt_path={self.refreshed_model()}", "--best_checkpoint=null")
         self.measure("dev_eval", lambda: {**self.fit("dev_eval", "ance", None, {}, data={"dev_split": "dev.small"},
                                                      command="validate", extra=extra),
                                           "notes": "lit-dr validate on dev.small (exact search): "
@@ -283,7 +285,7 @@ class Rehearsal:
         return ["--trainer.accelerator=cpu", f"--trainer.devices={self.args.processes}"]
 
     def phase_index(self) -> None:
-        argv = ["-m", "lit_dr", "index", self.checkpoint("refresh"), str(self.data / "collection.tsv"),
+        argv = ["-m", "lit_dr", "index", self.refreshed_model(), str(self.data / "collection.tsv"),
                 str(self.out / "index"), f"--batch_size={self.args.eval_batch_size}", *self.cli_devices()]
         self.measure("index", lambda: self.call("index", argv), "lit-dr index, Flat (embedding files only)")
 
